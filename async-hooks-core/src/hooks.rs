@@ -1,0 +1,699 @@
+//! Hook callbacks, the registry of enabled hooks, and dispatch.
+//!
+//! The registry is a global list in enable order behind a mutex, published as an immutable
+//! [`HookTable`] (one list per event kind) with a version number. Each thread caches the table it
+//! last saw and refreshes it only at the start of an outermost dispatch, which gives SPEC.md's
+//! deferral rule for free: changes made while a thread is dispatching apply when its outermost
+//! dispatch returns. With no hook enabled for an event kind, emitting it costs one relaxed atomic
+//! load.
+
+use std::cell::{Cell, RefCell};
+use std::fmt;
+use std::ops::BitOr;
+use std::panic::{self, AssertUnwindSafe};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, Once, PoisonError};
+
+use crate::context::{ThreadState, try_with_state};
+use crate::id::AsyncId;
+use crate::resource::Resource;
+
+/// The lifecycle callbacks of a hook, Node's `createHook({ init, before, after, destroy,
+/// promiseResolve })`.
+///
+/// Every method has a default that does nothing, like callbacks inherited through Node's prototype
+/// chain. Override [`HookCallbacks::events`] to say which callbacks you implement, so that events
+/// you ignore cost nothing.
+///
+/// A panic inside a callback is fatal, as an exception in a Node hook is: the process prints
+/// `Error: <message>` with the event and async id to stderr and exits with code 1.
+///
+/// ```
+/// use std::sync::atomic::{AtomicUsize, Ordering};
+/// use async_hooks::{AsyncId, AsyncResource, EventMask, HookCallbacks, Resource, create_hook};
+///
+/// struct CountInits(AtomicUsize);
+///
+/// impl HookCallbacks for CountInits {
+///     fn init(&self, _id: AsyncId, _ty: &str, _trigger: AsyncId, _resource: &Resource) {
+///         self.0.fetch_add(1, Ordering::Relaxed);
+///     }
+///     fn events(&self) -> EventMask {
+///         EventMask::INIT
+///     }
+/// }
+///
+/// static COUNT: CountInits = CountInits(AtomicUsize::new(0));
+/// struct ByRef;
+/// impl HookCallbacks for ByRef {
+///     fn init(&self, id: AsyncId, ty: &str, trigger: AsyncId, resource: &Resource) {
+///         COUNT.init(id, ty, trigger, resource)
+///     }
+/// }
+/// let hook = create_hook(ByRef).enable();
+/// let _job = AsyncResource::new("Job");
+/// hook.disable();
+/// assert_eq!(COUNT.0.load(Ordering::Relaxed), 1);
+/// ```
+pub trait HookCallbacks: Send + Sync + 'static {
+    /// A resource was created. Runs synchronously in the creator's context (inside it,
+    /// `execution_async_id()` is the creator's id). `resource` is the handle that
+    /// `execution_async_resource()` returns while the resource runs.
+    fn init(
+        &self,
+        async_id: AsyncId,
+        type_name: &str,
+        trigger_async_id: AsyncId,
+        resource: &Resource,
+    ) {
+        let _ = (async_id, type_name, trigger_async_id, resource);
+    }
+
+    /// A resource's callback or poll is about to run (the context has already switched to it).
+    fn before(&self, async_id: AsyncId) {
+        let _ = async_id;
+    }
+
+    /// A resource's callback or poll has finished (also when it panicked); the context has not
+    /// yet switched back.
+    fn after(&self, async_id: AsyncId) {
+        let _ = async_id;
+    }
+
+    /// A resource was destroyed: dropped, or `emit_destroy()` was called. Exactly once.
+    fn destroy(&self, async_id: AsyncId) {
+        let _ = async_id;
+    }
+
+    /// An instrumented future returned `Ready`; fired inside that poll, before its `after`.
+    fn promise_resolve(&self, async_id: AsyncId) {
+        let _ = async_id;
+    }
+
+    /// Which callbacks this hook implements; events outside the mask are never delivered.
+    /// The default, [`EventMask::ALL`], delivers every event.
+    fn events(&self) -> EventMask {
+        EventMask::ALL
+    }
+}
+
+/// A set of hook events, used by [`HookCallbacks::events`].
+///
+/// ```
+/// use async_hooks::EventMask;
+///
+/// let mask = EventMask::INIT | EventMask::DESTROY;
+/// assert!(mask.contains(EventMask::DESTROY));
+/// assert!(!mask.contains(EventMask::BEFORE));
+/// ```
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub struct EventMask(u8);
+
+impl EventMask {
+    /// No event.
+    pub const NONE: EventMask = EventMask(0);
+    /// `init`.
+    pub const INIT: EventMask = EventMask(1 << 0);
+    /// `before`.
+    pub const BEFORE: EventMask = EventMask(1 << 1);
+    /// `after`.
+    pub const AFTER: EventMask = EventMask(1 << 2);
+    /// `destroy`.
+    pub const DESTROY: EventMask = EventMask(1 << 3);
+    /// `promise_resolve`.
+    pub const PROMISE_RESOLVE: EventMask = EventMask(1 << 4);
+    /// Every event.
+    pub const ALL: EventMask = EventMask(0b1_1111);
+
+    /// Whether every event of `other` is in `self`.
+    ///
+    /// ```
+    /// # use async_hooks::EventMask;
+    /// assert!(EventMask::ALL.contains(EventMask::AFTER));
+    /// ```
+    pub const fn contains(self, other: EventMask) -> bool {
+        self.0 & other.0 == other.0
+    }
+}
+
+impl BitOr for EventMask {
+    type Output = EventMask;
+    fn bitor(self, rhs: EventMask) -> EventMask {
+        EventMask(self.0 | rhs.0)
+    }
+}
+
+impl fmt::Debug for EventMask {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut set = f.debug_set();
+        for kind in Kind::ALL {
+            if self.contains(kind.mask()) {
+                set.entry(&format_args!("{}", kind.name()));
+            }
+        }
+        set.finish()
+    }
+}
+
+/// The kind of an event, an index into the per-kind tables.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub(crate) enum Kind {
+    Init = 0,
+    Before = 1,
+    After = 2,
+    Destroy = 3,
+    PromiseResolve = 4,
+}
+
+impl Kind {
+    const ALL: [Kind; 5] = [
+        Kind::Init,
+        Kind::Before,
+        Kind::After,
+        Kind::Destroy,
+        Kind::PromiseResolve,
+    ];
+
+    const fn mask(self) -> EventMask {
+        EventMask(1 << self as u8)
+    }
+
+    const fn name(self) -> &'static str {
+        match self {
+            Kind::Init => "init",
+            Kind::Before => "before",
+            Kind::After => "after",
+            Kind::Destroy => "destroy",
+            Kind::PromiseResolve => "promise_resolve",
+        }
+    }
+}
+
+/// One event being dispatched.
+#[derive(Clone, Copy)]
+pub(crate) enum Event<'a> {
+    Init {
+        async_id: AsyncId,
+        type_name: &'a str,
+        trigger_async_id: AsyncId,
+        resource: &'a Resource,
+    },
+    Before(AsyncId),
+    After(AsyncId),
+    Destroy(AsyncId),
+    PromiseResolve(AsyncId),
+}
+
+impl Event<'_> {
+    fn kind(&self) -> Kind {
+        match self {
+            Event::Init { .. } => Kind::Init,
+            Event::Before(_) => Kind::Before,
+            Event::After(_) => Kind::After,
+            Event::Destroy(_) => Kind::Destroy,
+            Event::PromiseResolve(_) => Kind::PromiseResolve,
+        }
+    }
+
+    fn async_id(&self) -> AsyncId {
+        match *self {
+            Event::Init { async_id, .. } => async_id,
+            Event::Before(id)
+            | Event::After(id)
+            | Event::Destroy(id)
+            | Event::PromiseResolve(id) => id,
+        }
+    }
+
+    fn deliver(&self, callbacks: &dyn HookCallbacks) {
+        match *self {
+            Event::Init {
+                async_id,
+                type_name,
+                trigger_async_id,
+                resource,
+            } => callbacks.init(async_id, type_name, trigger_async_id, resource),
+            Event::Before(id) => callbacks.before(id),
+            Event::After(id) => callbacks.after(id),
+            Event::Destroy(id) => callbacks.destroy(id),
+            Event::PromiseResolve(id) => callbacks.promise_resolve(id),
+        }
+    }
+}
+
+type InitFn = dyn Fn(AsyncId, &str, AsyncId, &Resource) + Send + Sync;
+type IdFn = dyn Fn(AsyncId) + Send + Sync;
+
+/// A [`HookCallbacks`] built from closures, for the common case.
+///
+/// Only the callbacks you set are delivered (the others cost nothing).
+///
+/// ```
+/// use std::sync::{Arc, Mutex};
+/// use async_hooks::{AsyncResource, Hooks, create_hook};
+///
+/// let log = Arc::new(Mutex::new(Vec::new()));
+/// let (init_log, destroy_log) = (log.clone(), log.clone());
+/// let hook = create_hook(
+///     Hooks::new()
+///         .init(move |id, ty, _trigger, _resource| init_log.lock().unwrap().push(format!("init {ty}({id})")))
+///         .destroy(move |id| destroy_log.lock().unwrap().push(format!("destroy {id}"))),
+/// )
+/// .enable();
+/// let job = AsyncResource::new("Job");
+/// let id = job.async_id();
+/// drop(job);
+/// hook.disable();
+/// assert_eq!(*log.lock().unwrap(), [format!("init Job({id})"), format!("destroy {id}")]);
+/// ```
+#[derive(Default)]
+pub struct Hooks {
+    init: Option<Box<InitFn>>,
+    before: Option<Box<IdFn>>,
+    after: Option<Box<IdFn>>,
+    destroy: Option<Box<IdFn>>,
+    promise_resolve: Option<Box<IdFn>>,
+}
+
+impl Hooks {
+    /// A hook with no callbacks.
+    ///
+    /// ```
+    /// # use async_hooks::{Hooks, HookCallbacks, EventMask};
+    /// assert_eq!(Hooks::new().events(), EventMask::NONE);
+    /// ```
+    pub fn new() -> Hooks {
+        Hooks::default()
+    }
+
+    /// Sets the `init(async_id, type_name, trigger_async_id, resource)` callback.
+    ///
+    /// ```
+    /// # use async_hooks::{Hooks, HookCallbacks, EventMask};
+    /// let hooks = Hooks::new().init(|id, ty, trigger, _res| println!("{ty}({id}) by {trigger}"));
+    /// assert_eq!(hooks.events(), EventMask::INIT);
+    /// ```
+    pub fn init(
+        mut self,
+        f: impl Fn(AsyncId, &str, AsyncId, &Resource) + Send + Sync + 'static,
+    ) -> Hooks {
+        self.init = Some(Box::new(f));
+        self
+    }
+
+    /// Sets the `before(async_id)` callback.
+    ///
+    /// ```
+    /// # use async_hooks::{Hooks, HookCallbacks, EventMask};
+    /// assert_eq!(Hooks::new().before(|_| {}).events(), EventMask::BEFORE);
+    /// ```
+    pub fn before(mut self, f: impl Fn(AsyncId) + Send + Sync + 'static) -> Hooks {
+        self.before = Some(Box::new(f));
+        self
+    }
+
+    /// Sets the `after(async_id)` callback.
+    ///
+    /// ```
+    /// # use async_hooks::{Hooks, HookCallbacks, EventMask};
+    /// assert_eq!(Hooks::new().after(|_| {}).events(), EventMask::AFTER);
+    /// ```
+    pub fn after(mut self, f: impl Fn(AsyncId) + Send + Sync + 'static) -> Hooks {
+        self.after = Some(Box::new(f));
+        self
+    }
+
+    /// Sets the `destroy(async_id)` callback.
+    ///
+    /// ```
+    /// # use async_hooks::{Hooks, HookCallbacks, EventMask};
+    /// assert_eq!(Hooks::new().destroy(|_| {}).events(), EventMask::DESTROY);
+    /// ```
+    pub fn destroy(mut self, f: impl Fn(AsyncId) + Send + Sync + 'static) -> Hooks {
+        self.destroy = Some(Box::new(f));
+        self
+    }
+
+    /// Sets the `promise_resolve(async_id)` callback.
+    ///
+    /// ```
+    /// # use async_hooks::{Hooks, HookCallbacks, EventMask};
+    /// assert_eq!(Hooks::new().promise_resolve(|_| {}).events(), EventMask::PROMISE_RESOLVE);
+    /// ```
+    pub fn promise_resolve(mut self, f: impl Fn(AsyncId) + Send + Sync + 'static) -> Hooks {
+        self.promise_resolve = Some(Box::new(f));
+        self
+    }
+}
+
+impl fmt::Debug for Hooks {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Hooks")
+            .field("events", &self.events())
+            .finish()
+    }
+}
+
+impl HookCallbacks for Hooks {
+    fn init(
+        &self,
+        async_id: AsyncId,
+        type_name: &str,
+        trigger_async_id: AsyncId,
+        resource: &Resource,
+    ) {
+        if let Some(f) = &self.init {
+            f(async_id, type_name, trigger_async_id, resource)
+        }
+    }
+    fn before(&self, async_id: AsyncId) {
+        if let Some(f) = &self.before {
+            f(async_id)
+        }
+    }
+    fn after(&self, async_id: AsyncId) {
+        if let Some(f) = &self.after {
+            f(async_id)
+        }
+    }
+    fn destroy(&self, async_id: AsyncId) {
+        if let Some(f) = &self.destroy {
+            f(async_id)
+        }
+    }
+    fn promise_resolve(&self, async_id: AsyncId) {
+        if let Some(f) = &self.promise_resolve {
+            f(async_id)
+        }
+    }
+    fn events(&self) -> EventMask {
+        let mut mask = EventMask::NONE;
+        let set = [
+            (self.init.is_some(), EventMask::INIT),
+            (self.before.is_some(), EventMask::BEFORE),
+            (self.after.is_some(), EventMask::AFTER),
+            (self.destroy.is_some(), EventMask::DESTROY),
+            (self.promise_resolve.is_some(), EventMask::PROMISE_RESOLVE),
+        ];
+        for (present, event) in set {
+            if present {
+                mask = mask | event;
+            }
+        }
+        mask
+    }
+}
+
+struct HookInner {
+    callbacks: Box<dyn HookCallbacks>,
+    events: EventMask,
+    enabled: AtomicBool,
+}
+
+/// A hook created by [`create_hook`]: a cheap `Clone` handle. Created disabled.
+///
+/// An enabled hook stays registered when its handles are dropped (as in Node); only
+/// [`AsyncHook::disable`] removes it.
+///
+/// ```
+/// use async_hooks::{Hooks, create_hook};
+///
+/// let hook = create_hook(Hooks::new().init(|_, _, _, _| {})).enable();
+/// assert!(hook.is_enabled());
+/// hook.enable(); // a no-op
+/// assert!(!hook.disable().is_enabled());
+/// ```
+#[derive(Clone)]
+pub struct AsyncHook {
+    inner: Arc<HookInner>,
+}
+
+impl fmt::Debug for AsyncHook {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AsyncHook")
+            .field("events", &self.inner.events)
+            .field("enabled", &self.is_enabled())
+            .finish()
+    }
+}
+
+/// Creates a hook from its callbacks, Node's `async_hooks.createHook(callbacks)`. The hook starts
+/// disabled; call [`AsyncHook::enable`].
+///
+/// ```
+/// use async_hooks::{Hooks, create_hook};
+///
+/// let hook = create_hook(Hooks::new().before(|id| println!("before {id}")));
+/// assert!(!hook.is_enabled());
+/// ```
+pub fn create_hook(callbacks: impl HookCallbacks) -> AsyncHook {
+    let events = callbacks.events();
+    AsyncHook {
+        inner: Arc::new(HookInner {
+            callbacks: Box::new(callbacks),
+            events,
+            enabled: AtomicBool::new(false),
+        }),
+    }
+}
+
+impl AsyncHook {
+    /// Enables the hook: it receives events from now on, after the hooks enabled before it.
+    /// Enabling an enabled hook does nothing. Returns a handle to the same hook.
+    ///
+    /// Called while this thread is dispatching an event (from inside a callback), the change
+    /// takes effect when that dispatch returns.
+    ///
+    /// ```
+    /// # use async_hooks::{Hooks, create_hook};
+    /// let hook = create_hook(Hooks::new()).enable();
+    /// assert!(hook.is_enabled());
+    /// # hook.disable();
+    /// ```
+    pub fn enable(&self) -> AsyncHook {
+        install_panic_hook();
+        let mut registry = registry();
+        if !registry.enabled.iter().any(|h| Arc::ptr_eq(h, &self.inner)) {
+            registry.enabled.push(self.inner.clone());
+            self.inner.enabled.store(true, Ordering::Relaxed);
+            registry.publish();
+        }
+        self.clone()
+    }
+
+    /// Disables the hook: it receives no new events. Disabling a disabled hook does nothing.
+    /// Returns a handle to the same hook.
+    ///
+    /// Called from inside a callback, the hook still receives the events this thread is already
+    /// dispatching.
+    ///
+    /// ```
+    /// # use async_hooks::{Hooks, create_hook};
+    /// let hook = create_hook(Hooks::new()).enable().disable();
+    /// assert!(!hook.is_enabled());
+    /// ```
+    pub fn disable(&self) -> AsyncHook {
+        let mut registry = registry();
+        let before = registry.enabled.len();
+        registry.enabled.retain(|h| !Arc::ptr_eq(h, &self.inner));
+        if registry.enabled.len() != before {
+            self.inner.enabled.store(false, Ordering::Relaxed);
+            registry.publish();
+        }
+        self.clone()
+    }
+
+    /// Whether the hook is enabled.
+    ///
+    /// ```
+    /// # use async_hooks::{Hooks, create_hook};
+    /// assert!(!create_hook(Hooks::new()).is_enabled());
+    /// ```
+    pub fn is_enabled(&self) -> bool {
+        self.inner.enabled.load(Ordering::Relaxed)
+    }
+}
+
+/// The enabled hooks of each event kind, in enable order. Immutable once published.
+#[derive(Default)]
+struct HookTable {
+    by_kind: [Vec<Arc<HookInner>>; 5],
+}
+
+struct Registry {
+    enabled: Vec<Arc<HookInner>>,
+    table: Option<Arc<HookTable>>,
+    version: u64,
+}
+
+static REGISTRY: Mutex<Registry> = Mutex::new(Registry {
+    enabled: Vec::new(),
+    table: None,
+    version: 0,
+});
+/// Bumped (under the registry lock) each time a new table is published.
+static VERSION: AtomicU64 = AtomicU64::new(0);
+/// Enabled hooks per event kind: the fast path's only check.
+static COUNTS: [AtomicU32; 5] = [const { AtomicU32::new(0) }; 5];
+
+fn registry() -> MutexGuard<'static, Registry> {
+    // A panic while holding the lock cannot leave the registry half-updated: `publish` builds the
+    // new table before touching shared state.
+    REGISTRY.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+impl Registry {
+    fn publish(&mut self) {
+        let mut table = HookTable::default();
+        for hook in &self.enabled {
+            for kind in Kind::ALL {
+                if hook.events.contains(kind.mask()) {
+                    table.by_kind[kind as usize].push(hook.clone());
+                }
+            }
+        }
+        for kind in Kind::ALL {
+            COUNTS[kind as usize]
+                .store(table.by_kind[kind as usize].len() as u32, Ordering::Relaxed);
+        }
+        self.table = Some(Arc::new(table));
+        self.version += 1;
+        VERSION.store(self.version, Ordering::Release);
+    }
+}
+
+/// A thread's view of the registry.
+pub(crate) struct ThreadHooks {
+    /// How many dispatches are running on this thread (nested events raised by callbacks).
+    depth: Cell<u32>,
+    version: Cell<u64>,
+    table: RefCell<Option<Arc<HookTable>>>,
+    /// The event whose callback is running, for the fatal-panic report.
+    in_callback: Cell<Option<(Kind, AsyncId)>>,
+}
+
+impl ThreadHooks {
+    pub(crate) const fn new() -> Self {
+        ThreadHooks {
+            depth: Cell::new(0),
+            version: Cell::new(0),
+            table: RefCell::new(None),
+            in_callback: Cell::new(None),
+        }
+    }
+
+    fn refresh(&self) {
+        if VERSION.load(Ordering::Acquire) == self.version.get() {
+            return;
+        }
+        let (table, version) = {
+            let registry = registry();
+            (registry.table.clone(), registry.version)
+        };
+        let old = self.table.replace(table);
+        self.version.set(version);
+        // Dropping the old table may drop a hook's callbacks, which may run user code.
+        drop(old);
+    }
+}
+
+/// Whether an event of `kind` would reach any hook on this thread. One relaxed load when no hook
+/// is enabled and the thread is not dispatching.
+#[inline]
+pub(crate) fn wants(state: &ThreadState, kind: Kind) -> bool {
+    COUNTS[kind as usize].load(Ordering::Relaxed) != 0 || state.hooks.depth.get() != 0
+}
+
+/// Emits `event` on this thread: a no-op unless some hook wants it.
+#[inline]
+pub(crate) fn emit(state: &ThreadState, event: Event<'_>) {
+    if wants(state, event.kind()) {
+        dispatch(state, event);
+    }
+}
+
+/// Emits `event` from a drop path, where the thread's locals may already be gone.
+#[inline]
+pub(crate) fn emit_from_drop(event: Event<'_>) {
+    try_with_state(|state| emit(state, event));
+}
+
+#[cold]
+#[inline(never)]
+fn dispatch(state: &ThreadState, event: Event<'_>) {
+    let hooks = &state.hooks;
+    if hooks.depth.get() == 0 {
+        hooks.refresh();
+    }
+    // Only `refresh` borrows mutably, and only at depth 0, never while callbacks run.
+    let table = hooks.table.borrow();
+    let Some(table) = table.as_deref() else {
+        return;
+    };
+    let list = &table.by_kind[event.kind() as usize];
+    if list.is_empty() {
+        return;
+    }
+    hooks.depth.set(hooks.depth.get() + 1);
+    let _depth = DepthGuard(hooks);
+    for hook in list {
+        let outer = hooks
+            .in_callback
+            .replace(Some((event.kind(), event.async_id())));
+        let result = panic::catch_unwind(AssertUnwindSafe(|| event.deliver(&*hook.callbacks)));
+        hooks.in_callback.set(outer);
+        if let Err(payload) = result {
+            fatal(event.kind(), event.async_id(), panic_message(&*payload));
+        }
+    }
+}
+
+struct DepthGuard<'a>(&'a ThreadHooks);
+
+impl Drop for DepthGuard<'_> {
+    fn drop(&mut self) {
+        self.0.depth.set(self.0.depth.get() - 1);
+    }
+}
+
+fn panic_message(payload: &(dyn std::any::Any + Send)) -> &str {
+    if let Some(s) = payload.downcast_ref::<&'static str>() {
+        s
+    } else if let Some(s) = payload.downcast_ref::<String>() {
+        s
+    } else {
+        "a hook callback panicked"
+    }
+}
+
+/// Node treats an exception in a hook callback as fatal: there is no safe way to continue, since
+/// the hook may have left its own bookkeeping half-done.
+#[cold]
+fn fatal(kind: Kind, async_id: AsyncId, message: &str) -> ! {
+    eprintln!(
+        "Error: {message}\n    in the `{}` hook callback for async id {async_id}\n    \
+         (a panic inside an async hook callback is fatal; the process exits with code 1)",
+        kind.name()
+    );
+    std::process::exit(1)
+}
+
+/// Installs (once) a panic hook that turns a panic inside a hook callback into the fatal report
+/// *before* the default panic message, so stderr starts with `Error:` as in Node. Panics
+/// elsewhere go to the previously installed hook unchanged.
+fn install_panic_hook() {
+    static INSTALL: Once = Once::new();
+    INSTALL.call_once(|| {
+        let previous = panic::take_hook();
+        panic::set_hook(Box::new(move |info| {
+            let in_callback = try_with_state(|s| s.hooks.in_callback.get()).flatten();
+            match in_callback {
+                Some((kind, async_id)) => {
+                    let payload = info.payload();
+                    fatal(kind, async_id, panic_message(payload))
+                }
+                None => previous(info),
+            }
+        }));
+    });
+}

@@ -1,0 +1,30 @@
+//! The runtime of [`async-hooks`](https://docs.rs/async-hooks): async ids, the per-thread
+//! execution context, the hook registry, resources and context-local storage.
+//!
+//! Depend on the `async-hooks` facade crate, which re-exports everything here together with the
+//! `#[async_resource]` and `bind!` macros.
+#![deny(missing_docs)]
+#![forbid(unsafe_code)]
+
+mod context;
+mod error;
+mod future;
+mod hooks;
+mod id;
+mod resource;
+mod storage;
+
+pub use context::{execution_async_id, execution_async_resource, trigger_async_id};
+pub use error::{Error, ErrorKind};
+pub use future::{BindContext, Instrumented};
+pub use hooks::{AsyncHook, EventMask, HookCallbacks, Hooks, create_hook};
+pub use id::AsyncId;
+pub use resource::{AsyncResource, AsyncResourceOptions, Resource, async_wrap_providers};
+pub use storage::{AsyncLocalStorage, Scope, Snapshot, StorageGuard};
+
+/// Items the macros expand to. Not part of the public API: no stability guarantees.
+#[doc(hidden)]
+pub mod __private {
+    pub use crate::future::Instrumented;
+    pub use crate::resource::ResourceType;
+}

@@ -1,0 +1,616 @@
+//! Resources: the `Resource` handle, resource types (Node's providers) and `AsyncResource`.
+
+use std::any::{Any, TypeId};
+use std::cell::Cell;
+use std::collections::BTreeMap;
+use std::fmt;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::{Arc, LazyLock, Mutex, PoisonError};
+
+use crate::context::{ExecIds, Saved, ThreadState, with_state};
+use crate::error::{Error, ErrorKind};
+use crate::hooks::{self, Event, Kind};
+use crate::id::{self, AsyncId};
+use crate::storage::Frame;
+
+/// A resource type (Node's "provider"): a name with a stable numeric id, registered in
+/// [`async_wrap_providers`] the first time a resource of that type is created.
+///
+/// The macros declare one `static` per call site; [`AsyncResource::new`] interns names given at
+/// run time (each distinct name is kept for the life of the process, like Node's provider table).
+#[doc(hidden)]
+pub struct ResourceType {
+    name: &'static str,
+    provider: AtomicU32,
+}
+
+/// The type of the root resource.
+pub(crate) static ROOT_TYPE: ResourceType = ResourceType::new("ROOT");
+
+impl ResourceType {
+    /// A resource type named `name`, registered on first use.
+    pub const fn new(name: &'static str) -> ResourceType {
+        ResourceType {
+            name,
+            provider: AtomicU32::new(0),
+        }
+    }
+
+    /// The type name.
+    pub fn name(&self) -> &'static str {
+        self.name
+    }
+
+    /// Makes sure the type appears in [`async_wrap_providers`]; one relaxed load once done.
+    #[inline]
+    pub(crate) fn register(&'static self) {
+        if self.provider.load(Ordering::Relaxed) == 0 {
+            self.register_slow();
+        }
+    }
+
+    #[cold]
+    fn register_slow(&'static self) {
+        let id = providers().provider_id(self.name);
+        self.provider.store(id, Ordering::Relaxed);
+    }
+
+    /// The interned type for a name given at run time.
+    pub(crate) fn intern(name: &str) -> &'static ResourceType {
+        thread_local! {
+            // Most programs create many resources of a few types: skip the lock on a repeat.
+            static LAST: Cell<Option<&'static ResourceType>> = const { Cell::new(None) };
+        }
+        if let Ok(Some(last)) = LAST.try_with(Cell::get)
+            && last.name == name
+        {
+            return last;
+        }
+        let ty = providers().intern(name);
+        let _ = LAST.try_with(|last| last.set(Some(ty)));
+        ty
+    }
+}
+
+impl fmt::Debug for ResourceType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_tuple("ResourceType").field(&self.name).finish()
+    }
+}
+
+#[derive(Default)]
+struct Providers {
+    ids: BTreeMap<&'static str, u32>,
+    interned: BTreeMap<&'static str, &'static ResourceType>,
+}
+
+static PROVIDERS: Mutex<Providers> = Mutex::new(Providers {
+    ids: BTreeMap::new(),
+    interned: BTreeMap::new(),
+});
+
+fn providers() -> std::sync::MutexGuard<'static, Providers> {
+    PROVIDERS.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+impl Providers {
+    fn provider_id(&mut self, name: &'static str) -> u32 {
+        let next = self.ids.len() as u32 + 1;
+        *self.ids.entry(name).or_insert(next)
+    }
+
+    fn intern(&mut self, name: &str) -> &'static ResourceType {
+        if let Some(ty) = self.interned.get(name) {
+            return ty;
+        }
+        let name: &'static str = Box::leak(name.to_owned().into_boxed_str());
+        let ty: &'static ResourceType = Box::leak(Box::new(ResourceType::new(name)));
+        ty.provider.store(self.provider_id(name), Ordering::Relaxed);
+        self.interned.insert(name, ty);
+        ty
+    }
+}
+
+/// Every resource type created so far with its stable numeric id, Node's
+/// `async_hooks.asyncWrapProviders`.
+///
+/// ```
+/// use async_hooks::{AsyncResource, async_wrap_providers};
+///
+/// let _ = AsyncResource::new("MyProvider");
+/// let providers = async_wrap_providers();
+/// assert!(providers["MyProvider"] > 0);
+/// ```
+pub fn async_wrap_providers() -> BTreeMap<String, u32> {
+    providers()
+        .ids
+        .iter()
+        .map(|(name, id)| (name.to_string(), *id))
+        .collect()
+}
+
+/// A handle to an async resource: cheap to clone, equal by identity.
+///
+/// It is what `init` hooks receive and what [`execution_async_resource`](crate::execution_async_resource)
+/// returns while the resource runs, and it carries typed slots so that state can ride on a
+/// resource (Node's `executionAsyncResource()[sym] = value`).
+///
+/// ```
+/// use async_hooks::{AsyncResource, execution_async_resource};
+///
+/// struct User(&'static str);
+///
+/// let request = AsyncResource::new("Request");
+/// request.resource().insert(User("ada"));
+/// request.run_in_async_scope(|| {
+///     let user = execution_async_resource().get::<User>().unwrap();
+///     assert_eq!(user.0, "ada");
+/// });
+/// ```
+#[derive(Clone)]
+pub struct Resource {
+    inner: Arc<ResourceInner>,
+}
+
+type Slot = (TypeId, Arc<dyn Any + Send + Sync>);
+
+struct ResourceInner {
+    async_id: AsyncId,
+    trigger_async_id: AsyncId,
+    ty: &'static ResourceType,
+    slots: Mutex<Vec<Slot>>,
+}
+
+impl Resource {
+    pub(crate) fn new(exec: ExecIds) -> Resource {
+        Resource {
+            inner: Arc::new(ResourceInner {
+                async_id: exec.async_id,
+                trigger_async_id: exec.trigger_id,
+                ty: exec.ty,
+                slots: Mutex::new(Vec::new()),
+            }),
+        }
+    }
+
+    /// The root resource: the same handle on every thread.
+    pub(crate) fn root() -> Resource {
+        static ROOT: LazyLock<Resource> = LazyLock::new(|| {
+            Resource::new(ExecIds {
+                async_id: AsyncId::ROOT,
+                trigger_id: AsyncId::NONE,
+                ty: &ROOT_TYPE,
+            })
+        });
+        ROOT.clone()
+    }
+
+    /// The resource's async id.
+    ///
+    /// ```
+    /// # use async_hooks::AsyncResource;
+    /// let r = AsyncResource::new("Job");
+    /// assert_eq!(r.resource().async_id(), r.async_id());
+    /// ```
+    pub fn async_id(&self) -> AsyncId {
+        self.inner.async_id
+    }
+
+    /// The id of the execution that created the resource.
+    ///
+    /// ```
+    /// # use async_hooks::{AsyncId, AsyncResource};
+    /// assert_eq!(AsyncResource::new("Job").resource().trigger_async_id(), AsyncId::ROOT);
+    /// ```
+    pub fn trigger_async_id(&self) -> AsyncId {
+        self.inner.trigger_async_id
+    }
+
+    /// The resource's type name, e.g. `"DBQuery"`; `"ROOT"` for the root resource.
+    ///
+    /// ```
+    /// # use async_hooks::{AsyncResource, execution_async_resource};
+    /// assert_eq!(AsyncResource::new("DBQuery").resource().type_name(), "DBQuery");
+    /// assert_eq!(execution_async_resource().type_name(), "ROOT");
+    /// ```
+    pub fn type_name(&self) -> &'static str {
+        self.inner.ty.name
+    }
+
+    fn slots(&self) -> std::sync::MutexGuard<'_, Vec<Slot>> {
+        self.inner
+            .slots
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Stores `value` in the slot for its type, replacing what was there.
+    ///
+    /// ```
+    /// # use async_hooks::AsyncResource;
+    /// let r = AsyncResource::new("Job").resource();
+    /// r.insert(1u32);
+    /// r.insert(2u32);
+    /// assert_eq!(*r.get::<u32>().unwrap(), 2);
+    /// ```
+    pub fn insert<T: Send + Sync + 'static>(&self, value: T) {
+        let value: Arc<dyn Any + Send + Sync> = Arc::new(value);
+        let old = {
+            let mut slots = self.slots();
+            match slots.iter_mut().find(|(ty, _)| *ty == TypeId::of::<T>()) {
+                Some(slot) => Some(std::mem::replace(&mut slot.1, value)),
+                None => {
+                    slots.push((TypeId::of::<T>(), value));
+                    None
+                }
+            }
+        };
+        // The old value's Drop runs outside the lock: it may touch this resource.
+        drop(old);
+    }
+
+    /// The value in the slot for `T`, if any.
+    ///
+    /// ```
+    /// # use async_hooks::AsyncResource;
+    /// let r = AsyncResource::new("Job").resource();
+    /// assert!(r.get::<String>().is_none());
+    /// r.insert(String::from("state"));
+    /// assert_eq!(r.get::<String>().as_deref().map(String::as_str), Some("state"));
+    /// ```
+    pub fn get<T: Send + Sync + 'static>(&self) -> Option<Arc<T>> {
+        let value = self
+            .slots()
+            .iter()
+            .find(|(ty, _)| *ty == TypeId::of::<T>())
+            .map(|(_, value)| value.clone())?;
+        value.downcast().ok()
+    }
+
+    /// Removes and returns the value in the slot for `T`.
+    ///
+    /// ```
+    /// # use async_hooks::AsyncResource;
+    /// let r = AsyncResource::new("Job").resource();
+    /// r.insert(5u8);
+    /// assert_eq!(r.remove::<u8>().as_deref(), Some(&5));
+    /// assert!(r.get::<u8>().is_none());
+    /// ```
+    pub fn remove<T: Send + Sync + 'static>(&self) -> Option<Arc<T>> {
+        let value = {
+            let mut slots = self.slots();
+            let index = slots.iter().position(|(ty, _)| *ty == TypeId::of::<T>())?;
+            slots.swap_remove(index).1
+        };
+        value.downcast().ok()
+    }
+}
+
+impl PartialEq for Resource {
+    fn eq(&self, other: &Resource) -> bool {
+        Arc::ptr_eq(&self.inner, &other.inner)
+    }
+}
+
+impl Eq for Resource {}
+
+impl std::hash::Hash for Resource {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        std::ptr::hash(Arc::as_ptr(&self.inner), state)
+    }
+}
+
+impl fmt::Debug for Resource {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Resource")
+            .field("type", &self.type_name())
+            .field("async_id", &self.async_id())
+            .field("trigger_async_id", &self.trigger_async_id())
+            .finish()
+    }
+}
+
+/// What every resource is made of: its ids and type, and the storage frame captured when it was
+/// created. Shared by `AsyncResource`, instrumented futures and bound closures.
+pub(crate) struct ResourceCore {
+    pub(crate) exec: ExecIds,
+    pub(crate) frame: Frame,
+}
+
+impl ResourceCore {
+    /// Creates a resource on this thread: allocates its id, captures the storage frame and fires
+    /// `init` in the creator's context. Returns the handle if `init` needed one.
+    #[inline]
+    pub(crate) fn create(
+        state: &ThreadState,
+        ty: &'static ResourceType,
+        trigger: Option<AsyncId>,
+    ) -> (ResourceCore, Option<Resource>) {
+        ty.register();
+        let exec = ExecIds {
+            async_id: state.ids.allocate(),
+            trigger_id: trigger.unwrap_or_else(|| state.exec().async_id),
+            ty,
+        };
+        let core = ResourceCore {
+            exec,
+            frame: state.capture_frame(),
+        };
+        let handle = core.emit_init(state);
+        (core, handle)
+    }
+
+    #[inline]
+    fn emit_init(&self, state: &ThreadState) -> Option<Resource> {
+        if !hooks::wants(state, Kind::Init) {
+            return None;
+        }
+        let handle = Resource::new(self.exec);
+        hooks::emit(
+            state,
+            Event::Init {
+                async_id: self.exec.async_id,
+                type_name: self.exec.ty.name,
+                trigger_async_id: self.exec.trigger_id,
+                resource: &handle,
+            },
+        );
+        Some(handle)
+    }
+}
+
+/// Options for [`AsyncResource::with_options`], Node's `new AsyncResource(type, options)`.
+///
+/// ```
+/// use async_hooks::{AsyncId, AsyncResource, AsyncResourceOptions};
+///
+/// let parent = AsyncResource::new("Parent");
+/// let child = AsyncResource::with_options(
+///     "Child",
+///     AsyncResourceOptions { trigger_async_id: Some(parent.async_id()), ..Default::default() },
+/// )
+/// .unwrap();
+/// assert_eq!(child.trigger_async_id(), parent.async_id());
+/// ```
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AsyncResourceOptions {
+    /// The id of the execution that caused this resource; `None` means the current
+    /// `execution_async_id()`.
+    pub trigger_async_id: Option<AsyncId>,
+    /// When `true`, dropping the resource does not emit `destroy`: call
+    /// [`AsyncResource::emit_destroy`] yourself.
+    pub require_manual_destroy: bool,
+}
+
+/// An async resource you create and drive yourself: Node's `AsyncResource`, the embedder API for
+/// worker pools, connection pools and event emitters.
+///
+/// `init` fires when it is created (in the creator's context), `before`/`after` around every
+/// [`run_in_async_scope`](AsyncResource::run_in_async_scope), `destroy` on
+/// [`emit_destroy`](AsyncResource::emit_destroy) or when it is dropped.
+///
+/// ```
+/// use async_hooks::{AsyncLocalStorage, AsyncResource};
+///
+/// static REQUEST: AsyncLocalStorage<u32> = AsyncLocalStorage::new();
+///
+/// // Created inside request 7: remembers its ids and request 7's storage.
+/// let task = REQUEST.run(7, || AsyncResource::new("WorkerTask"));
+/// // Run later, from anywhere:
+/// let seen = task.run_in_async_scope(|| *REQUEST.get_store().unwrap());
+/// assert_eq!(seen, 7);
+/// ```
+pub struct AsyncResource {
+    core: ResourceCore,
+    /// Materialised up front (unlike a future's): an `AsyncResource` is shared (`&self`, `Sync`),
+    /// so a lazily made handle could differ between threads or between `resource()` and the
+    /// running scope.
+    handle: Resource,
+    destroyed: AtomicBool,
+    manual_destroy: bool,
+}
+
+impl AsyncResource {
+    /// Creates a resource of type `type_name`, triggered by the current execution.
+    ///
+    /// # Panics
+    ///
+    /// If `type_name` is empty while an `init` hook is enabled (Node throws `ERR_ASYNC_TYPE`);
+    /// use [`AsyncResource::with_options`] to get that as a `Result`.
+    ///
+    /// ```
+    /// # use async_hooks::{AsyncId, AsyncResource};
+    /// let r = AsyncResource::new("Job");
+    /// assert_eq!(r.trigger_async_id(), AsyncId::ROOT);
+    /// ```
+    pub fn new(type_name: &str) -> AsyncResource {
+        match AsyncResource::with_options(type_name, AsyncResourceOptions::default()) {
+            Ok(resource) => resource,
+            Err(err) => panic!("{err}"),
+        }
+    }
+
+    /// Creates a resource with options (explicit trigger id, manual destroy).
+    ///
+    /// Errors: `ERR_ASYNC_TYPE` if `type_name` is empty while an `init` hook is enabled;
+    /// `ERR_INVALID_ASYNC_ID` if the trigger id was never allocated.
+    ///
+    /// ```
+    /// use async_hooks::{AsyncResource, AsyncResourceOptions, Hooks, create_hook};
+    ///
+    /// let hook = create_hook(Hooks::new().init(|_, _, _, _| {})).enable();
+    /// let err = AsyncResource::with_options("", AsyncResourceOptions::default()).unwrap_err();
+    /// assert_eq!(err.code(), "ERR_ASYNC_TYPE");
+    /// hook.disable();
+    /// ```
+    pub fn with_options(
+        type_name: &str,
+        options: AsyncResourceOptions,
+    ) -> Result<AsyncResource, Error> {
+        if let Some(trigger) = options.trigger_async_id
+            && !id::is_allocated(trigger)
+        {
+            return Err(Error::new(
+                ErrorKind::InvalidAsyncId,
+                format!(
+                    "trigger_async_id {trigger} was never allocated; pass an id taken from \
+                     execution_async_id(), a Resource or an AsyncResource, or None for the current execution"
+                ),
+            ));
+        }
+        with_state(|state| {
+            if type_name.is_empty() && hooks::wants(state, Kind::Init) {
+                return Err(Error::new(
+                    ErrorKind::AsyncType,
+                    "the resource type name is empty; give the resource a non-empty type name such as \"WorkerTask\"",
+                ));
+            }
+            let ty = ResourceType::intern(type_name);
+            let (core, handle) = ResourceCore::create(state, ty, options.trigger_async_id);
+            Ok(AsyncResource {
+                handle: handle.unwrap_or_else(|| Resource::new(core.exec)),
+                core,
+                destroyed: AtomicBool::new(false),
+                manual_destroy: options.require_manual_destroy,
+            })
+        })
+    }
+
+    /// Calls `f` in this resource's execution context: its ids, and the storage captured when
+    /// it was created. `before` fires first and `after` last, and the caller's context is
+    /// restored afterwards — also when `f` panics (then `after` fires and the panic continues).
+    ///
+    /// ```
+    /// use async_hooks::{AsyncResource, execution_async_id, trigger_async_id};
+    ///
+    /// let r = AsyncResource::new("Job");
+    /// let ids = r.run_in_async_scope(|| (execution_async_id(), trigger_async_id()));
+    /// assert_eq!(ids, (r.async_id(), r.trigger_async_id()));
+    /// ```
+    pub fn run_in_async_scope<R>(&self, f: impl FnOnce() -> R) -> R {
+        with_state(|state| {
+            let _scope = Scope::enter(state, self);
+            f()
+        })
+    }
+
+    /// Emits `destroy` now (Node's `emitDestroy`). Dropping the resource afterwards emits nothing.
+    ///
+    /// Errors with `ERR_INVALID_STATE` if `destroy` was already emitted.
+    ///
+    /// ```
+    /// # use async_hooks::AsyncResource;
+    /// let r = AsyncResource::new("Job");
+    /// r.emit_destroy().unwrap();
+    /// assert_eq!(r.emit_destroy().unwrap_err().code(), "ERR_INVALID_STATE");
+    /// ```
+    pub fn emit_destroy(&self) -> Result<&AsyncResource, Error> {
+        if self.destroyed.swap(true, Ordering::AcqRel) {
+            return Err(Error::new(
+                ErrorKind::InvalidState,
+                format!(
+                    "emit_destroy() was already called for async id {}; call it at most once \
+                     (dropping the resource afterwards emits nothing more)",
+                    self.core.exec.async_id
+                ),
+            ));
+        }
+        hooks::emit_from_drop(Event::Destroy(self.core.exec.async_id));
+        Ok(self)
+    }
+
+    /// This resource's async id.
+    ///
+    /// ```
+    /// # use async_hooks::{AsyncId, AsyncResource};
+    /// assert!(AsyncResource::new("Job").async_id() > AsyncId::ROOT);
+    /// ```
+    pub fn async_id(&self) -> AsyncId {
+        self.core.exec.async_id
+    }
+
+    /// The id of the execution that created this resource (or the explicit trigger).
+    ///
+    /// ```
+    /// # use async_hooks::{AsyncId, AsyncResource};
+    /// assert_eq!(AsyncResource::new("Job").trigger_async_id(), AsyncId::ROOT);
+    /// ```
+    pub fn trigger_async_id(&self) -> AsyncId {
+        self.core.exec.trigger_id
+    }
+
+    /// The [`Resource`] handle: the one `init` hooks saw and `execution_async_resource()`
+    /// returns inside [`run_in_async_scope`](AsyncResource::run_in_async_scope).
+    ///
+    /// ```
+    /// # use async_hooks::{AsyncResource, execution_async_resource};
+    /// let r = AsyncResource::new("Job");
+    /// assert_eq!(r.run_in_async_scope(execution_async_resource), r.resource());
+    /// ```
+    pub fn resource(&self) -> Resource {
+        self.handle.clone()
+    }
+
+    /// The type name given at creation.
+    ///
+    /// ```
+    /// # use async_hooks::AsyncResource;
+    /// assert_eq!(AsyncResource::new("Job").type_name(), "Job");
+    /// ```
+    pub fn type_name(&self) -> &'static str {
+        self.core.exec.ty.name
+    }
+}
+
+impl Drop for AsyncResource {
+    fn drop(&mut self) {
+        if !self.manual_destroy && !*self.destroyed.get_mut() {
+            hooks::emit_from_drop(Event::Destroy(self.core.exec.async_id));
+        }
+    }
+}
+
+impl fmt::Debug for AsyncResource {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AsyncResource")
+            .field("type", &self.type_name())
+            .field("async_id", &self.async_id())
+            .field("trigger_async_id", &self.trigger_async_id())
+            .finish()
+    }
+}
+
+/// A running `run_in_async_scope`: switched in on creation, `after` and switched back on drop.
+struct Scope<'a> {
+    state: &'a ThreadState,
+    resource: &'a AsyncResource,
+    saved: Option<Saved>,
+}
+
+impl<'a> Scope<'a> {
+    #[inline]
+    fn enter(state: &'a ThreadState, resource: &'a AsyncResource) -> Scope<'a> {
+        let saved = state.enter(
+            resource.core.exec,
+            Some(resource.handle.clone()),
+            resource.core.frame.clone(),
+        );
+        let scope = Scope {
+            state,
+            resource,
+            saved: Some(saved),
+        };
+        hooks::emit(state, Event::Before(resource.core.exec.async_id));
+        scope
+    }
+}
+
+impl Drop for Scope<'_> {
+    #[inline]
+    fn drop(&mut self) {
+        hooks::emit(self.state, Event::After(self.resource.core.exec.async_id));
+        if let Some(saved) = self.saved.take() {
+            drop(self.state.leave(saved));
+        }
+    }
+}

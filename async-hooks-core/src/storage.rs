@@ -1,0 +1,638 @@
+//! `AsyncLocalStorage`, `Snapshot` and the storage frames they live in.
+//!
+//! The storage context of an execution is one immutable *frame*: a small sorted map from storage
+//! key to value, shared by `Arc`. Capturing it (when a resource is created, or by
+//! [`Snapshot::capture`]) is one refcount increment, or nothing when it is empty. `run`,
+//! `exit` and `enter_with` build a new frame (copy-on-write) and switch the thread to it.
+
+use std::any::Any;
+use std::fmt;
+use std::future::Future;
+use std::marker::PhantomData;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::task::{Context, Poll};
+
+use crate::context::{ThreadState, try_with_state, with_state};
+
+type Value = Arc<dyn Any + Send + Sync>;
+
+/// One storage's entry in a frame. `value: None` means the storage was exited (`get_store()`
+/// is `None`, not the default); a storage with no entry shows its default.
+#[derive(Clone)]
+struct Entry {
+    key: u64,
+    value: Option<Value>,
+}
+
+/// Entries past this count are found by binary search instead of a linear scan.
+const LINEAR_SCAN_MAX: usize = 8;
+
+/// An immutable storage context.
+#[derive(Clone, Default)]
+pub(crate) struct Frame(Option<Arc<[Entry]>>);
+
+impl Frame {
+    pub(crate) const EMPTY: Frame = Frame(None);
+
+    fn entries(&self) -> &[Entry] {
+        self.0.as_deref().unwrap_or(&[])
+    }
+
+    /// The entry of `key`: `None` if the storage has none in this frame.
+    #[inline]
+    fn lookup(&self, key: u64) -> Option<&Entry> {
+        let entries = self.entries();
+        if entries.len() <= LINEAR_SCAN_MAX {
+            entries.iter().find(|e| e.key == key)
+        } else {
+            entries
+                .binary_search_by_key(&key, |e| e.key)
+                .ok()
+                .map(|i| &entries[i])
+        }
+    }
+
+    /// This frame with `key` set to `entry` (`None`: removed).
+    fn with(&self, key: u64, value: Option<Option<Value>>) -> Frame {
+        let entries = self.entries();
+        let position = entries.binary_search_by_key(&key, |e| e.key);
+        let mut next: Vec<Entry> = Vec::with_capacity(entries.len() + 1);
+        match (position, value) {
+            (Ok(i), Some(value)) => {
+                next.extend_from_slice(entries);
+                next[i].value = value;
+            }
+            (Ok(i), None) => {
+                next.extend_from_slice(&entries[..i]);
+                next.extend_from_slice(&entries[i + 1..]);
+            }
+            (Err(i), Some(value)) => {
+                next.extend_from_slice(&entries[..i]);
+                next.push(Entry { key, value });
+                next.extend_from_slice(&entries[i..]);
+            }
+            (Err(_), None) => return self.clone(),
+        }
+        if next.is_empty() {
+            Frame(None)
+        } else {
+            Frame(Some(next.into()))
+        }
+    }
+
+    fn ptr_eq(&self, other: &Frame) -> bool {
+        match (&self.0, &other.0) {
+            (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+            (None, None) => true,
+            _ => false,
+        }
+    }
+}
+
+impl fmt::Debug for Frame {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_list()
+            .entries(self.entries().iter().map(|e| e.key))
+            .finish()
+    }
+}
+
+/// Storage keys are handed out once and never reused; `disable()` retires a storage's key, so
+/// every frame holding the old key stops showing it at once.
+static NEXT_KEY: AtomicU64 = AtomicU64::new(1);
+
+/// One storage's entry set on the current thread, and what to put back when it ends: the previous
+/// entry of that storage only. Shared by `run`, `exit`, `enter_scope` and `scope`.
+struct KeyEntry {
+    key: u64,
+    /// The storage's entry before (outer `None`: it had none).
+    previous: Option<Option<Value>>,
+    /// The whole frame before, to put back as is when nothing else changed meanwhile.
+    previous_frame: Frame,
+    installed: Frame,
+}
+
+impl KeyEntry {
+    fn set(state: &ThreadState, key: u64, value: Option<Value>) -> KeyEntry {
+        let previous_frame = state.frame.take();
+        let installed = previous_frame.with(key, Some(value));
+        KeyEntry::install(state, key, previous_frame, installed)
+    }
+
+    fn install(state: &ThreadState, key: u64, previous_frame: Frame, installed: Frame) -> KeyEntry {
+        let previous = previous_frame.lookup(key).map(|e| e.value.clone());
+        state.frame.set(installed.clone());
+        KeyEntry {
+            key,
+            previous,
+            previous_frame,
+            installed,
+        }
+    }
+
+    fn restore(self, state: &ThreadState) {
+        let current = state.frame.take();
+        let restored = if current.ptr_eq(&self.installed) {
+            self.previous_frame
+        } else {
+            // Other storages changed inside (enter_with): keep their changes, restore only ours.
+            current.with(self.key, self.previous)
+        };
+        state.set_frame(restored);
+        drop(current);
+    }
+}
+
+/// Restores a [`KeyEntry`] when dropped, also during a panic.
+struct KeyRestore<'s> {
+    state: &'s ThreadState,
+    entry: Option<KeyEntry>,
+}
+
+impl Drop for KeyRestore<'_> {
+    fn drop(&mut self) {
+        if let Some(entry) = self.entry.take() {
+            entry.restore(self.state);
+        }
+    }
+}
+
+/// The current thread's entry of `key`: outer `None` if the frame has none.
+#[inline]
+fn lookup_current(key: u64) -> Option<Option<Value>> {
+    if key == 0 {
+        return None;
+    }
+    try_with_state(|state| {
+        let frame = state.frame.take();
+        let entry = frame.lookup(key).map(|e| e.value.clone());
+        state.frame.set(frame);
+        entry
+    })
+    .flatten()
+}
+
+/// Context-local storage: a value that follows the logical flow of async work — through
+/// instrumented futures, bound closures and `AsyncResource`s — like a thread-local follows a
+/// thread. Node's `AsyncLocalStorage`.
+///
+/// Instances are independent. `new` is a `const fn`, so the usual form is a `static`.
+///
+/// ```
+/// use async_hooks::AsyncLocalStorage;
+///
+/// static REQUEST_ID: AsyncLocalStorage<u64> = AsyncLocalStorage::new();
+///
+/// fn log(msg: &str) -> String {
+///     match REQUEST_ID.get_store() {
+///         Some(id) => format!("{id}: {msg}"),
+///         None => format!("-: {msg}"),
+///     }
+/// }
+///
+/// assert_eq!(REQUEST_ID.run(7, || log("start")), "7: start");
+/// assert_eq!(log("idle"), "-: idle");
+/// ```
+pub struct AsyncLocalStorage<T> {
+    /// This storage's key in frames; 0 until first used, and again after `disable()`.
+    key: AtomicU64,
+    name: Option<&'static str>,
+    /// The default store, if any (set once, by `with_default`).
+    default_value: OnceLock<Arc<T>>,
+}
+
+impl<T: Send + Sync + 'static> AsyncLocalStorage<T> {
+    /// A new storage with no default and no name.
+    ///
+    /// ```
+    /// # use async_hooks::AsyncLocalStorage;
+    /// static STORE: AsyncLocalStorage<String> = AsyncLocalStorage::new();
+    /// assert!(STORE.get_store().is_none());
+    /// ```
+    pub const fn new() -> AsyncLocalStorage<T> {
+        AsyncLocalStorage {
+            key: AtomicU64::new(0),
+            name: None,
+            default_value: OnceLock::new(),
+        }
+    }
+
+    /// Names the storage (for debugging; Node's `name` option).
+    ///
+    /// ```
+    /// # use async_hooks::AsyncLocalStorage;
+    /// static STORE: AsyncLocalStorage<u8> = AsyncLocalStorage::new().with_name("request-id");
+    /// assert_eq!(STORE.name(), Some("request-id"));
+    /// ```
+    pub const fn with_name(mut self, name: &'static str) -> AsyncLocalStorage<T> {
+        self.name = Some(name);
+        self
+    }
+
+    /// Sets the value `get_store()` returns where no `run`/`enter_with` of this storage applies
+    /// (Node's `defaultValue`). Inside `exit` the store is `None`, not the default.
+    ///
+    /// ```
+    /// # use async_hooks::AsyncLocalStorage;
+    /// let store = AsyncLocalStorage::new().with_default(0u32);
+    /// assert_eq!(store.get_store().as_deref(), Some(&0));
+    /// assert_eq!(store.exit(|| store.get_store()), None);
+    /// ```
+    pub fn with_default(self, value: T) -> AsyncLocalStorage<T> {
+        AsyncLocalStorage {
+            default_value: OnceLock::from(Arc::new(value)),
+            ..self
+        }
+    }
+
+    /// The name given with [`with_name`](AsyncLocalStorage::with_name).
+    ///
+    /// ```
+    /// # use async_hooks::AsyncLocalStorage;
+    /// assert_eq!(AsyncLocalStorage::<u8>::new().name(), None);
+    /// ```
+    pub fn name(&self) -> Option<&'static str> {
+        self.name
+    }
+
+    /// The key for reads: 0 means "no entry anywhere".
+    #[inline]
+    fn read_key(&self) -> u64 {
+        self.key.load(Ordering::Relaxed)
+    }
+
+    /// The key for writes, assigned on first use.
+    #[inline]
+    fn write_key(&self) -> u64 {
+        match self.key.load(Ordering::Relaxed) {
+            0 => self.assign_key(),
+            key => key,
+        }
+    }
+
+    #[cold]
+    fn assign_key(&self) -> u64 {
+        let fresh = NEXT_KEY.fetch_add(1, Ordering::Relaxed);
+        match self
+            .key
+            .compare_exchange(0, fresh, Ordering::Relaxed, Ordering::Relaxed)
+        {
+            Ok(_) => fresh,
+            Err(existing) => existing,
+        }
+    }
+
+    fn default_value(&self) -> Option<&Arc<T>> {
+        self.default_value.get()
+    }
+
+    /// The current store: the value of the innermost `run`/`enter_with` of this storage in the
+    /// current execution, `None` inside `exit`, else the default.
+    ///
+    /// ```
+    /// # use async_hooks::AsyncLocalStorage;
+    /// let store = AsyncLocalStorage::new();
+    /// store.run(1, || {
+    ///     assert_eq!(*store.get_store().unwrap(), 1);
+    ///     store.run(2, || assert_eq!(*store.get_store().unwrap(), 2));
+    ///     assert_eq!(*store.get_store().unwrap(), 1);
+    /// });
+    /// ```
+    #[inline]
+    pub fn get_store(&self) -> Option<Arc<T>> {
+        match lookup_current(self.read_key()) {
+            Some(value) => value.and_then(|v| v.downcast::<T>().ok()),
+            None => self.default_value().cloned(),
+        }
+    }
+
+    /// Calls `f` with a reference to the current store (see
+    /// [`get_store`](AsyncLocalStorage::get_store)).
+    ///
+    /// ```
+    /// # use async_hooks::AsyncLocalStorage;
+    /// let store = AsyncLocalStorage::new();
+    /// let len = store.run(String::from("abc"), || store.with_store(|s| s.map_or(0, String::len)));
+    /// assert_eq!(len, 3);
+    /// ```
+    #[inline]
+    pub fn with_store<R>(&self, f: impl FnOnce(Option<&T>) -> R) -> R {
+        match lookup_current(self.read_key()) {
+            Some(value) => f(value.as_deref().and_then(|v| v.downcast_ref::<T>())),
+            None => f(self.default_value().map(|v| &**v)),
+        }
+    }
+
+    /// Runs `f` with `store` as the current store, then restores this storage's previous store —
+    /// also when `f` panics. Everything created inside (resources, futures, bound closures)
+    /// captures `store`. Only this storage is restored: an `enter_with` of another storage
+    /// inside `f` survives it.
+    ///
+    /// ```
+    /// # use async_hooks::AsyncLocalStorage;
+    /// let a = AsyncLocalStorage::new();
+    /// let b = AsyncLocalStorage::new();
+    /// a.run(1, || b.enter_with("kept"));
+    /// assert_eq!(a.get_store(), None);
+    /// assert_eq!(b.get_store().as_deref(), Some(&"kept"));
+    /// ```
+    pub fn run<R>(&self, store: T, f: impl FnOnce() -> R) -> R {
+        let key = self.write_key();
+        let value: Value = Arc::new(store);
+        with_state(|state| {
+            let _restore = KeyRestore {
+                state,
+                entry: Some(KeyEntry::set(state, key, Some(value))),
+            };
+            f()
+        })
+    }
+
+    /// Runs `f` outside this storage's context: inside, `get_store()` is `None` (not the
+    /// default), also in everything created inside.
+    ///
+    /// ```
+    /// # use async_hooks::AsyncLocalStorage;
+    /// let store = AsyncLocalStorage::new();
+    /// store.run(1, || {
+    ///     assert_eq!(store.exit(|| store.get_store()), None);
+    ///     assert_eq!(store.get_store().as_deref(), Some(&1));
+    /// });
+    /// ```
+    pub fn exit<R>(&self, f: impl FnOnce() -> R) -> R {
+        let key = self.write_key();
+        with_state(|state| {
+            let _restore = KeyRestore {
+                state,
+                entry: Some(KeyEntry::set(state, key, None)),
+            };
+            f()
+        })
+    }
+
+    /// Makes `store` the current store for the rest of the current execution: until the
+    /// innermost enclosing scope (a poll of an instrumented future, a `run_in_async_scope`, a
+    /// bound call) ends, or a `run`/`exit`/guard of this storage restores its previous store.
+    /// Unlike Node's, it can never leak out of that scope into the caller or a sibling task.
+    ///
+    /// ```
+    /// # use async_hooks::{AsyncLocalStorage, AsyncResource};
+    /// let store = AsyncLocalStorage::new();
+    /// let job = AsyncResource::new("Job");
+    /// job.run_in_async_scope(|| {
+    ///     store.enter_with(5);
+    ///     assert_eq!(store.get_store().as_deref(), Some(&5));
+    /// });
+    /// assert_eq!(store.get_store(), None);
+    /// ```
+    pub fn enter_with(&self, store: T) {
+        let key = self.write_key();
+        let value: Value = Arc::new(store);
+        with_state(|state| {
+            let frame = state.frame.take();
+            let next = frame.with(key, Some(Some(value)));
+            state.frame.set(next);
+            drop(frame);
+        })
+    }
+
+    /// Like [`run`](AsyncLocalStorage::run) without a closure: `store` is current until the
+    /// returned guard is dropped, which restores this storage's previous store (Node's
+    /// `withScope`). The guard is `!Send`: drop it on the thread that created it.
+    ///
+    /// ```
+    /// # use async_hooks::AsyncLocalStorage;
+    /// let store = AsyncLocalStorage::new();
+    /// {
+    ///     let _guard = store.enter_scope(3);
+    ///     assert_eq!(store.get_store().as_deref(), Some(&3));
+    /// }
+    /// assert_eq!(store.get_store(), None);
+    /// ```
+    pub fn enter_scope(&self, store: T) -> StorageGuard<'_, T> {
+        let key = self.write_key();
+        let value: Value = Arc::new(store);
+        let entry = with_state(|state| KeyEntry::set(state, key, Some(value)));
+        StorageGuard {
+            entry: Some(entry),
+            _storage: PhantomData,
+            _not_send: PhantomData,
+        }
+    }
+
+    /// Exits every context of this storage: `get_store()` returns the default (or `None`)
+    /// everywhere — also in resources captured before — until the next `run`/`enter_with`.
+    /// The stores become unreachable; each is freed when the last frame holding it goes (the
+    /// current thread's frame lets go at once).
+    ///
+    /// ```
+    /// # use async_hooks::{AsyncLocalStorage, AsyncResource};
+    /// let store = AsyncLocalStorage::new();
+    /// let job = store.run(1, || AsyncResource::new("Job"));
+    /// store.enter_with(2);
+    /// store.disable();
+    /// assert_eq!(store.get_store(), None);
+    /// assert_eq!(job.run_in_async_scope(|| store.get_store()), None);
+    /// store.run(3, || assert_eq!(store.get_store().as_deref(), Some(&3)));
+    /// ```
+    pub fn disable(&self) {
+        let old = self.key.swap(0, Ordering::Relaxed);
+        if old != 0 {
+            with_state(|state| {
+                let frame = state.frame.take();
+                let next = frame.with(old, None);
+                state.frame.set(next);
+                drop(frame);
+            });
+        }
+    }
+
+    /// The async `run`: a future that makes `store` current during every poll of `future`.
+    ///
+    /// ```
+    /// # use async_hooks::AsyncLocalStorage;
+    /// static STORE: AsyncLocalStorage<u32> = AsyncLocalStorage::new();
+    /// let seen = futures::executor::block_on(STORE.scope(9, async { *STORE.get_store().unwrap() }));
+    /// assert_eq!(seen, 9);
+    /// ```
+    pub fn scope<F: Future>(&self, store: T, future: F) -> Scope<'_, T, F> {
+        Scope {
+            storage: self,
+            value: Arc::new(store),
+            cache: None,
+            future,
+        }
+    }
+
+    /// A snapshot of the whole storage context, Node's `AsyncLocalStorage.snapshot()`.
+    ///
+    /// ```
+    /// # use async_hooks::AsyncLocalStorage;
+    /// let store = AsyncLocalStorage::new();
+    /// let snapshot = store.run(1, AsyncLocalStorage::<i32>::snapshot);
+    /// assert_eq!(snapshot.run(|| store.get_store()).as_deref(), Some(&1));
+    /// ```
+    pub fn snapshot() -> Snapshot {
+        Snapshot::capture()
+    }
+}
+
+impl<T: Send + Sync + 'static> Default for AsyncLocalStorage<T> {
+    fn default() -> Self {
+        AsyncLocalStorage::new()
+    }
+}
+
+impl<T: Send + Sync + 'static> fmt::Debug for AsyncLocalStorage<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AsyncLocalStorage")
+            .field("name", &self.name)
+            .field("key", &self.read_key())
+            .finish()
+    }
+}
+
+/// The guard of [`AsyncLocalStorage::enter_scope`]: restores the storage's previous store when
+/// dropped.
+#[must_use = "the store is current only while the guard lives"]
+pub struct StorageGuard<'a, T> {
+    entry: Option<KeyEntry>,
+    _storage: PhantomData<&'a AsyncLocalStorage<T>>,
+    _not_send: PhantomData<*const ()>,
+}
+
+impl<T> Drop for StorageGuard<'_, T> {
+    fn drop(&mut self) {
+        if let Some(entry) = self.entry.take() {
+            try_with_state(|state| entry.restore(state));
+        }
+    }
+}
+
+impl<T: Send + Sync + 'static> fmt::Debug for StorageGuard<'_, T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("StorageGuard").finish_non_exhaustive()
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// The future returned by [`AsyncLocalStorage::scope`].
+    #[must_use = "futures do nothing unless polled"]
+    pub struct Scope<'a, T, F> {
+        storage: &'a AsyncLocalStorage<T>,
+        value: Arc<T>,
+        // The frame of the last poll's caller and the frame derived from it, so that polls from
+        // the same context reuse one frame instead of allocating.
+        cache: Option<(Frame, Frame)>,
+        #[pin]
+        future: F,
+    }
+}
+
+impl<T: Send + Sync + 'static, F: Future> Future for Scope<'_, T, F> {
+    type Output = F::Output;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
+        let this = self.project();
+        let key = this.storage.write_key();
+        with_state(|state| {
+            let base = state.frame.take();
+            let installed = match this.cache {
+                Some((cached_base, derived)) if cached_base.ptr_eq(&base) => derived.clone(),
+                _ => {
+                    let value: Value = this.value.clone();
+                    let derived = base.with(key, Some(Some(value)));
+                    *this.cache = Some((base.clone(), derived.clone()));
+                    derived
+                }
+            };
+            let _restore = KeyRestore {
+                state,
+                entry: Some(KeyEntry::install(state, key, base, installed)),
+            };
+            this.future.poll(cx)
+        })
+    }
+}
+
+impl<T: Send + Sync + 'static, F> fmt::Debug for Scope<'_, T, F> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Scope")
+            .field("storage", &self.storage)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The whole storage context at one moment: every storage's current store. Capturing is O(1).
+///
+/// ```
+/// use async_hooks::{AsyncLocalStorage, Snapshot};
+///
+/// static USER: AsyncLocalStorage<&str> = AsyncLocalStorage::new();
+///
+/// let snapshot = USER.run("ada", Snapshot::capture);
+/// USER.run("bob", || {
+///     assert_eq!(snapshot.run(|| *USER.get_store().unwrap()), "ada");
+///     assert_eq!(*USER.get_store().unwrap(), "bob");
+/// });
+/// ```
+#[derive(Clone, Default)]
+pub struct Snapshot {
+    frame: Frame,
+}
+
+impl Snapshot {
+    /// Captures the current storage context.
+    ///
+    /// ```
+    /// # use async_hooks::Snapshot;
+    /// let empty = Snapshot::capture();
+    /// # let _ = empty;
+    /// ```
+    pub fn capture() -> Snapshot {
+        Snapshot {
+            frame: try_with_state(ThreadState::capture_frame).unwrap_or_default(),
+        }
+    }
+
+    /// Runs `f` in the captured storage context, then restores the caller's (also on panic).
+    ///
+    /// ```
+    /// # use async_hooks::{AsyncLocalStorage, Snapshot};
+    /// let store = AsyncLocalStorage::new();
+    /// let outside = Snapshot::capture();
+    /// store.run(1, || assert_eq!(outside.run(|| store.get_store()), None));
+    /// ```
+    pub fn run<R>(&self, f: impl FnOnce() -> R) -> R {
+        with_state(|state| {
+            let _restore = FrameRestore {
+                state,
+                previous: Some(state.frame.replace(self.frame.clone())),
+            };
+            f()
+        })
+    }
+}
+
+impl fmt::Debug for Snapshot {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Snapshot")
+            .field("keys", &self.frame)
+            .finish()
+    }
+}
+
+struct FrameRestore<'s> {
+    state: &'s ThreadState,
+    previous: Option<Frame>,
+}
+
+impl Drop for FrameRestore<'_> {
+    fn drop(&mut self) {
+        if let Some(previous) = self.previous.take() {
+            self.state.set_frame(previous);
+        }
+    }
+}
