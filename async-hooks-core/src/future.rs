@@ -11,7 +11,8 @@ use crate::resource::{Resource, ResourceCore, ResourceType};
 use crate::storage::Frame;
 
 /// The type of resources made by `bind!` and [`BindContext::bind_context`] without a type name.
-pub(crate) static BOUND_TYPE: ResourceType = ResourceType::new("bound-anonymous-fn");
+#[doc(hidden)]
+pub static BOUND_TYPE: ResourceType = ResourceType::new("bound-anonymous-fn");
 
 pin_project_lite::pin_project! {
     /// A future that is an async resource: what `#[async_resource]` fns return, and what

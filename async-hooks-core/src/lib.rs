@@ -25,6 +25,13 @@ pub use storage::{AsyncLocalStorage, Scope, Snapshot, StorageGuard};
 /// Items the macros expand to. Not part of the public API: no stability guarantees.
 #[doc(hidden)]
 pub mod __private {
-    pub use crate::future::Instrumented;
-    pub use crate::resource::ResourceType;
+    pub use crate::future::{BOUND_TYPE, Instrumented};
+    pub use crate::resource::{AsyncResource, ResourceType};
+
+    /// The resource behind a `bind!` closure: created where `bind!` is evaluated, destroyed
+    /// when the closure is dropped.
+    #[inline]
+    pub fn bound_resource(ty: &'static ResourceType) -> AsyncResource {
+        AsyncResource::__with_type(ty)
+    }
 }

@@ -476,6 +476,20 @@ impl AsyncResource {
         })
     }
 
+    /// A resource of a static type, for `bind!` (which declares the type at the call site).
+    #[doc(hidden)]
+    pub fn __with_type(ty: &'static ResourceType) -> AsyncResource {
+        with_state(|state| {
+            let (core, handle) = ResourceCore::create(state, ty, None);
+            AsyncResource {
+                handle: handle.unwrap_or_else(|| Resource::new(core.exec)),
+                core,
+                destroyed: AtomicBool::new(false),
+                manual_destroy: false,
+            }
+        })
+    }
+
     /// Calls `f` in this resource's execution context: its ids, and the storage captured when
     /// it was created. `before` fires first and `after` last, and the caller's context is
     /// restored afterwards — also when `f` panics (then `after` fires and the panic continues).
