@@ -1,0 +1,661 @@
+//! Hook registry and dispatch: exact event sequences.
+
+mod common;
+
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::task::Poll;
+
+use async_hooks::{
+    AsyncHook, AsyncId, AsyncResource, AsyncResourceOptions, BindContext, EventMask, HookCallbacks,
+    Hooks, Resource, create_hook, execution_async_id, execution_async_resource, trigger_async_id,
+};
+use common::{Log, recorder, serial};
+
+#[test]
+fn enable_and_disable_are_idempotent_and_chain() {
+    let _serial = serial();
+    let log = Log::default();
+    let hook = recorder("A", &log).enable();
+    let same = hook.enable(); // a second enable is a no-op
+    assert!(hook.is_enabled() && same.is_enabled());
+
+    let r = AsyncResource::new("Job");
+    let rid = r.async_id();
+    drop(r);
+    assert_eq!(
+        log.take(),
+        [
+            format!("A init Job({rid}) trigger=1"),
+            format!("A destroy {rid}")
+        ]
+    );
+
+    // Disabling through the returned handle disables the same hook; twice is a no-op.
+    let disabled = same.disable();
+    assert!(!hook.is_enabled());
+    disabled.disable();
+    drop(AsyncResource::new("Job"));
+    assert_eq!(log.take(), Vec::<String>::new());
+
+    // `create_hook(..).enable()` chains, and re-enabling after disable works.
+    let chained = recorder("B", &log).enable().disable().enable();
+    let r = AsyncResource::new("Again");
+    let rid = r.async_id();
+    drop(r);
+    chained.disable();
+    assert_eq!(
+        log.take(),
+        [
+            format!("B init Again({rid}) trigger=1"),
+            format!("B destroy {rid}")
+        ]
+    );
+}
+
+#[test]
+fn dispatch_follows_enable_order_and_reenable_appends() {
+    let _serial = serial();
+    let log = Log::default();
+    let a = recorder("A", &log).enable();
+    let b = recorder("B", &log).enable();
+    let r = AsyncResource::new("Job");
+    let rid = r.async_id();
+    r.run_in_async_scope(|| {});
+    assert_eq!(
+        log.take(),
+        [
+            format!("A init Job({rid}) trigger=1"),
+            format!("B init Job({rid}) trigger=1"),
+            format!("A before {rid}"),
+            format!("B before {rid}"),
+            format!("A after {rid}"),
+            format!("B after {rid}"),
+        ]
+    );
+    a.disable();
+    a.enable(); // now after B
+    drop(r);
+    a.disable();
+    b.disable();
+    assert_eq!(
+        log.take(),
+        [format!("B destroy {rid}"), format!("A destroy {rid}")]
+    );
+}
+
+#[test]
+fn hook_enabled_inside_init_sees_neither_that_event_nor_nested_ones() {
+    let _serial = serial();
+    let log = Log::default();
+    let late = recorder("late", &log);
+    let nested_id = Arc::new(Mutex::new(None));
+    let (late2, log2, nested2) = (late.clone(), log.clone(), nested_id.clone());
+    let enabling = create_hook(Hooks::new().init(move |id, ty, _, _| {
+        log2.push(format!("first init {ty}({id})"));
+        if ty == "Outer" {
+            late2.enable();
+            // A nested event raised inside the callback is dispatched, but not to `late`.
+            let nested = AsyncResource::new("Nested");
+            *nested2.lock().unwrap() = Some(nested.async_id());
+            std::mem::forget(nested);
+        }
+    }))
+    .enable();
+    let outer = AsyncResource::new("Outer");
+    let nested = nested_id.lock().unwrap().unwrap();
+    assert_eq!(
+        log.take(),
+        [
+            format!("first init Outer({})", outer.async_id()),
+            format!("first init Nested({nested})")
+        ]
+    );
+
+    // The change applied when the outermost dispatch returned.
+    let next = AsyncResource::new("Next");
+    enabling.disable();
+    late.disable();
+    assert_eq!(
+        log.take(),
+        [
+            format!("first init Next({})", next.async_id()),
+            format!("late init Next({}) trigger=1", next.async_id()),
+        ]
+    );
+    assert!(!late.is_enabled());
+}
+
+#[test]
+fn hook_disabled_inside_init_still_receives_events_being_dispatched() {
+    let _serial = serial();
+    let log = Log::default();
+    let victim = recorder("victim", &log);
+    let victim2 = victim.clone();
+    let disabling = create_hook(Hooks::new().init(move |_, ty, _, _| {
+        if ty == "Outer" {
+            victim2.disable();
+            // Nested event inside the dispatch: the victim still gets it.
+            drop(AsyncResource::new("Nested"));
+        }
+    }))
+    .enable();
+    victim.enable();
+    let outer = AsyncResource::new("Outer");
+    let outer_id = outer.async_id();
+    let lines = log.take();
+    assert_eq!(lines.len(), 3, "{lines:?}");
+    assert!(lines[0].starts_with("victim init Nested("), "{lines:?}");
+    assert!(lines[1].starts_with("victim destroy "), "{lines:?}");
+    assert_eq!(lines[2], format!("victim init Outer({outer_id}) trigger=1"));
+    assert!(!victim.is_enabled());
+
+    // After the dispatch returned, the victim gets nothing.
+    drop(outer);
+    disabling.disable();
+    assert_eq!(log.take(), Vec::<String>::new());
+}
+
+#[test]
+fn hook_enabled_inside_before_gets_after_and_destroy_only() {
+    let _serial = serial();
+    let log = Log::default();
+    let late = recorder("late", &log);
+    let late2 = late.clone();
+    let enabler = create_hook(Hooks::new().before(move |_| {
+        late2.enable();
+    }))
+    .enable();
+    let r = AsyncResource::new("Job");
+    let rid = r.async_id();
+    r.run_in_async_scope(|| {});
+    enabler.disable();
+    drop(r);
+    late.disable();
+    assert_eq!(
+        log.take(),
+        [format!("late after {rid}"), format!("late destroy {rid}")]
+    );
+}
+
+#[test]
+fn nested_events_raised_by_callbacks_are_dispatched() {
+    let _serial = serial();
+    let log = Log::default();
+    let log2 = log.clone();
+    let hook = create_hook(Hooks::new().init(move |id, ty, trigger, _| {
+        log2.push(format!(
+            "init {ty}({id}) trigger={trigger} exec={}",
+            execution_async_id()
+        ));
+        if ty == "Parent" {
+            // Creating a resource inside init: its init is dispatched too, in the creator's context.
+            std::mem::forget(AsyncResource::new("Child"));
+        }
+    }))
+    .enable();
+    let creator = AsyncResource::new("Creator");
+    let parent = creator.run_in_async_scope(|| AsyncResource::new("Parent"));
+    hook.disable();
+    let c = creator.async_id();
+    let lines = log.take();
+    assert_eq!(lines.len(), 3, "{lines:?}");
+    assert_eq!(lines[0], format!("init Creator({c}) trigger=1 exec=1"));
+    // The callback logs before it creates the child, so the parent's line comes first.
+    assert_eq!(
+        lines[1],
+        format!("init Parent({}) trigger={c} exec={c}", parent.async_id())
+    );
+    assert!(
+        lines[2].starts_with("init Child(") && lines[2].ends_with(&format!("trigger={c} exec={c}")),
+        "{lines:?}"
+    );
+}
+
+#[test]
+fn hooks_see_events_from_other_threads() {
+    let _serial = serial();
+    let log = Log::default();
+    let hook = recorder("A", &log).enable();
+    let (rid, trigger) = std::thread::spawn(|| {
+        let r = AsyncResource::new("Remote");
+        r.run_in_async_scope(|| {});
+        (r.async_id(), r.trigger_async_id())
+    })
+    .join()
+    .unwrap();
+    hook.disable();
+    assert_eq!(trigger, AsyncId::ROOT);
+    assert_eq!(
+        log.take(),
+        [
+            format!("A init Remote({rid}) trigger=1"),
+            format!("A before {rid}"),
+            format!("A after {rid}"),
+            format!("A destroy {rid}"),
+        ]
+    );
+}
+
+#[test]
+fn execution_async_resource_is_the_handle_given_to_init() {
+    let _serial = serial();
+    let seen: Arc<Mutex<Vec<(AsyncId, Resource)>>> = Arc::default();
+    let checks = Arc::new(AtomicUsize::new(0));
+    let (seen_init, seen_before, seen_after) = (seen.clone(), seen.clone(), seen.clone());
+    let (checks_before, checks_after) = (checks.clone(), checks.clone());
+    let find = |seen: &Arc<Mutex<Vec<(AsyncId, Resource)>>>, id: AsyncId| {
+        seen.lock()
+            .unwrap()
+            .iter()
+            .find(|(i, _)| *i == id)
+            .map(|(_, r)| r.clone())
+    };
+    let hook = create_hook(
+        Hooks::new()
+            .init(move |id, _, _, resource| seen_init.lock().unwrap().push((id, resource.clone())))
+            .before(move |id| {
+                assert_eq!(Some(execution_async_resource()), find(&seen_before, id));
+                checks_before.fetch_add(1, Ordering::Relaxed);
+            })
+            .after(move |id| {
+                assert_eq!(Some(execution_async_resource()), find(&seen_after, id));
+                checks_after.fetch_add(1, Ordering::Relaxed);
+            }),
+    )
+    .enable();
+
+    let r = AsyncResource::new("Job");
+    let inside = r.run_in_async_scope(execution_async_resource);
+    assert_eq!(Some(inside.clone()), find(&seen, r.async_id()));
+    assert_eq!(inside, r.resource());
+    assert_eq!(inside.async_id(), r.async_id());
+
+    // The same for an instrumented future, across two polls.
+    let mut polls = 0;
+    let fut = std::future::poll_fn(move |cx| {
+        polls += 1;
+        let current = execution_async_resource();
+        if polls < 2 {
+            cx.waker().wake_by_ref();
+            return Poll::Pending;
+        }
+        Poll::Ready(current)
+    })
+    .bind_context();
+    let fid = fut.async_id();
+    let from_poll = futures::executor::block_on(fut);
+    hook.disable();
+    assert_eq!(Some(from_poll), find(&seen, fid));
+    assert_eq!(checks.load(Ordering::Relaxed), 2 + 4);
+}
+
+#[test]
+fn typed_slots_carry_state_along_a_chain_of_resources() {
+    let _serial = serial();
+    // Node's executionAsyncResource()[sym] pattern: copy state from the creator to each new resource.
+    #[derive(Debug, PartialEq)]
+    struct RequestState(u32);
+    let hook = create_hook(Hooks::new().init(|_, _, _, resource| {
+        if let Some(state) = execution_async_resource().get::<RequestState>() {
+            resource.insert(RequestState(state.0));
+        }
+    }))
+    .enable();
+    let request = AsyncResource::new("Request");
+    request.resource().insert(RequestState(7));
+    let seen = request.run_in_async_scope(|| {
+        let a = AsyncResource::new("A");
+        a.run_in_async_scope(|| {
+            let b = AsyncResource::new("B");
+            b.run_in_async_scope(|| execution_async_resource().get::<RequestState>())
+        })
+    });
+    let unrelated = AsyncResource::new("Unrelated");
+    hook.disable();
+    assert_eq!(seen.as_deref(), Some(&RequestState(7)));
+    assert_eq!(unrelated.resource().get::<RequestState>(), None);
+    assert_eq!(
+        request.resource().remove::<RequestState>().as_deref(),
+        Some(&RequestState(7))
+    );
+    assert_eq!(request.resource().get::<RequestState>(), None);
+}
+
+#[test]
+fn thousand_deep_nested_scopes_balance_and_restore() {
+    let _serial = serial();
+    let befores = Arc::new(AtomicUsize::new(0));
+    let afters = Arc::new(AtomicUsize::new(0));
+    let (b2, a2) = (befores.clone(), afters.clone());
+    let hook = create_hook(
+        Hooks::new()
+            .before(move |_| {
+                b2.fetch_add(1, Ordering::Relaxed);
+            })
+            .after(move |_| {
+                a2.fetch_add(1, Ordering::Relaxed);
+            }),
+    )
+    .enable();
+    fn nest(depth: usize, parent: AsyncId) -> usize {
+        if depth == 0 {
+            return 0;
+        }
+        let r = AsyncResource::new("Level");
+        assert_eq!(r.trigger_async_id(), parent);
+        r.run_in_async_scope(|| {
+            assert_eq!(execution_async_id(), r.async_id());
+            assert_eq!(trigger_async_id(), parent);
+            1 + nest(depth - 1, r.async_id())
+        })
+    }
+    // A thread with a known stack size keeps the test independent of the harness's default.
+    let depth = std::thread::Builder::new()
+        .stack_size(64 << 20)
+        .spawn(|| nest(1000, AsyncId::ROOT))
+        .unwrap()
+        .join()
+        .unwrap();
+    hook.disable();
+    assert_eq!(depth, 1000);
+    assert_eq!(befores.load(Ordering::Relaxed), 1000);
+    assert_eq!(afters.load(Ordering::Relaxed), 1000);
+    assert_eq!(execution_async_id(), AsyncId::ROOT);
+}
+
+#[test]
+fn panic_inside_run_in_async_scope_fires_after_and_restores() {
+    let _serial = serial();
+    let log = Log::default();
+    let hook = recorder("A", &log).enable();
+    let r = AsyncResource::new("Job");
+    let rid = r.async_id();
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        r.run_in_async_scope(|| {
+            assert_eq!(execution_async_id(), rid);
+            panic!("boom");
+        })
+    }));
+    assert!(result.is_err());
+    assert_eq!(execution_async_id(), AsyncId::ROOT);
+    assert_eq!(trigger_async_id(), AsyncId::NONE);
+    assert_eq!(execution_async_resource().type_name(), "ROOT");
+    // The thread still works: a new scope nests and restores normally.
+    r.run_in_async_scope(|| assert_eq!(execution_async_id(), rid));
+    hook.disable();
+    assert_eq!(
+        log.take(),
+        [
+            format!("A init Job({rid}) trigger=1"),
+            format!("A before {rid}"),
+            format!("A after {rid}"),
+            format!("A before {rid}"),
+            format!("A after {rid}"),
+        ]
+    );
+}
+
+#[test]
+fn destroy_on_drop_once_and_manual_destroy() {
+    let _serial = serial();
+    let log = Log::default();
+    let hook = create_hook(Hooks::new().destroy({
+        let log = log.clone();
+        move |id| log.push(format!("destroy {id}"))
+    }))
+    .enable();
+
+    let dropped = AsyncResource::new("Dropped");
+    let dropped_id = dropped.async_id();
+    drop(dropped);
+
+    let emitted = AsyncResource::new("Emitted");
+    let emitted_id = emitted.async_id();
+    emitted.emit_destroy().unwrap();
+    let again = emitted.emit_destroy().unwrap_err();
+    assert_eq!(again.code(), "ERR_INVALID_STATE");
+    assert!(again.to_string().contains("at most once"), "{again}");
+    drop(emitted); // already destroyed: nothing more
+
+    let manual = AsyncResource::with_options(
+        "Manual",
+        AsyncResourceOptions {
+            require_manual_destroy: true,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    drop(manual); // no destroy
+
+    let manual = AsyncResource::with_options(
+        "Manual",
+        AsyncResourceOptions {
+            require_manual_destroy: true,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let manual_id = manual.async_id();
+    manual.emit_destroy().unwrap();
+    drop(manual);
+    hook.disable();
+    assert_eq!(
+        log.take(),
+        [
+            format!("destroy {dropped_id}"),
+            format!("destroy {emitted_id}"),
+            format!("destroy {manual_id}")
+        ]
+    );
+}
+
+#[test]
+fn empty_type_name_is_an_error_only_while_an_init_hook_is_enabled() {
+    let _serial = serial();
+    assert!(AsyncResource::with_options("", AsyncResourceOptions::default()).is_ok());
+    let destroy_only = create_hook(Hooks::new().destroy(|_| {})).enable();
+    assert!(AsyncResource::with_options("", AsyncResourceOptions::default()).is_ok());
+    destroy_only.disable();
+
+    let hook = create_hook(Hooks::new().init(|_, _, _, _| {})).enable();
+    let err = AsyncResource::with_options("", AsyncResourceOptions::default()).unwrap_err();
+    let panicked = std::panic::catch_unwind(|| AsyncResource::new("")).unwrap_err();
+    hook.disable();
+    assert_eq!(err.code(), "ERR_ASYNC_TYPE");
+    assert!(err.to_string().contains("non-empty type name"), "{err}");
+    let message = panicked.downcast_ref::<String>().unwrap();
+    assert!(message.contains("ERR_ASYNC_TYPE"), "{message}");
+}
+
+#[test]
+fn trigger_ids_default_to_the_creator_and_can_be_explicit() {
+    let _serial = serial();
+    let log = Log::default();
+    let hook = recorder("A", &log).enable();
+    let parent = AsyncResource::new("Parent");
+    let child = parent.run_in_async_scope(|| AsyncResource::new("Child"));
+    let explicit = AsyncResource::with_options(
+        "Explicit",
+        AsyncResourceOptions {
+            trigger_async_id: Some(child.async_id()),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    hook.disable();
+    assert_eq!(parent.trigger_async_id(), AsyncId::ROOT);
+    assert_eq!(child.trigger_async_id(), parent.async_id());
+    assert_eq!(explicit.trigger_async_id(), child.async_id());
+    assert_eq!(explicit.resource().trigger_async_id(), child.async_id());
+    let lines = log.take();
+    assert_eq!(
+        lines,
+        [
+            format!("A init Parent({}) trigger=1", parent.async_id()),
+            format!("A before {}", parent.async_id()),
+            format!(
+                "A init Child({}) trigger={}",
+                child.async_id(),
+                parent.async_id()
+            ),
+            format!("A after {}", parent.async_id()),
+            format!(
+                "A init Explicit({}) trigger={}",
+                explicit.async_id(),
+                child.async_id()
+            ),
+        ]
+    );
+
+    let never = AsyncId::from_u64(u64::MAX - 1);
+    let err = AsyncResource::with_options(
+        "Bad",
+        AsyncResourceOptions {
+            trigger_async_id: Some(never),
+            ..Default::default()
+        },
+    )
+    .unwrap_err();
+    assert_eq!(err.code(), "ERR_INVALID_ASYNC_ID");
+}
+
+#[test]
+fn instrumented_future_lifecycle_events() {
+    let _serial = serial();
+    let log = Log::default();
+    let hook = recorder("A", &log).enable();
+    let mut polls = 0;
+    let pending_twice = std::future::poll_fn(move |cx| {
+        polls += 1;
+        if polls <= 2 {
+            cx.waker().wake_by_ref();
+            Poll::Pending
+        } else {
+            Poll::Ready(polls)
+        }
+    });
+    let fut = pending_twice.bind_context_as("Twice");
+    let fid = fut.async_id();
+    assert_eq!(futures::executor::block_on(fut), 3);
+
+    let never_polled = async {}.bind_context();
+    let never_id = never_polled.async_id();
+    drop(never_polled);
+
+    let mut pending = Box::pin(std::future::pending::<()>().bind_context());
+    let pending_id = pending.async_id();
+    let waker = futures::task::noop_waker();
+    assert!(
+        pending
+            .as_mut()
+            .poll(&mut std::task::Context::from_waker(&waker))
+            .is_pending()
+    );
+    drop(pending);
+    hook.disable();
+    assert_eq!(
+        log.take(),
+        [
+            format!("A init Twice({fid}) trigger=1"),
+            format!("A before {fid}"),
+            format!("A after {fid}"),
+            format!("A before {fid}"),
+            format!("A after {fid}"),
+            format!("A before {fid}"),
+            format!("A resolve {fid}"),
+            format!("A after {fid}"),
+            format!("A destroy {fid}"),
+            format!("A init bound-anonymous-fn({never_id}) trigger=1"),
+            format!("A destroy {never_id}"),
+            format!("A init bound-anonymous-fn({pending_id}) trigger=1"),
+            format!("A before {pending_id}"),
+            format!("A after {pending_id}"),
+            format!("A destroy {pending_id}"),
+        ]
+    );
+}
+
+#[test]
+fn trait_callbacks_with_an_event_mask_only_get_their_events() {
+    let _serial = serial();
+    struct DestroyCounter(Arc<AtomicUsize>, Arc<AtomicBool>);
+    impl HookCallbacks for DestroyCounter {
+        fn before(&self, _: AsyncId) {
+            self.1.store(true, Ordering::Relaxed);
+        }
+        fn destroy(&self, _: AsyncId) {
+            self.0.fetch_add(1, Ordering::Relaxed);
+        }
+        fn events(&self) -> EventMask {
+            EventMask::DESTROY
+        }
+    }
+    let count = Arc::new(AtomicUsize::new(0));
+    let before_called = Arc::new(AtomicBool::new(false));
+    let hook = create_hook(DestroyCounter(count.clone(), before_called.clone())).enable();
+    let r = AsyncResource::new("Job");
+    r.run_in_async_scope(|| {});
+    drop(r);
+    hook.disable();
+    assert_eq!(count.load(Ordering::Relaxed), 1);
+    assert!(
+        !before_called.load(Ordering::Relaxed),
+        "before is outside the mask"
+    );
+}
+
+#[test]
+fn dropping_the_handle_of_an_enabled_hook_keeps_it_registered() {
+    let _serial = serial();
+    let count = Arc::new(AtomicUsize::new(0));
+    static HANDLE: OnceLock<AsyncHook> = OnceLock::new();
+    {
+        let c = count.clone();
+        let hook = create_hook(Hooks::new().init(move |_, _, _, _| {
+            c.fetch_add(1, Ordering::Relaxed);
+        }))
+        .enable();
+        HANDLE.set(hook.clone()).unwrap();
+        drop(hook);
+    }
+    drop(AsyncResource::new("Job"));
+    HANDLE.get().unwrap().disable();
+    drop(AsyncResource::new("Job"));
+    assert_eq!(count.load(Ordering::Relaxed), 1);
+}
+
+/// The child half of `a_panicking_hook_is_fatal`: does nothing unless asked to.
+#[test]
+fn fatal_hook_child() {
+    if std::env::var_os("ASYNC_HOOKS_FATAL_CHILD").is_none() {
+        return;
+    }
+    create_hook(Hooks::new().init(|_, ty, _, _| panic!("hook exploded on {ty}"))).enable();
+    let _r = AsyncResource::new("Doomed");
+    unreachable!("a panicking hook must end the process");
+}
+
+#[test]
+fn a_panicking_hook_is_fatal() {
+    let output = std::process::Command::new(std::env::current_exe().unwrap())
+        .args([
+            "fatal_hook_child",
+            "--exact",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env("ASYNC_HOOKS_FATAL_CHILD", "1")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "stderr: {stderr}");
+    assert!(
+        stderr.starts_with("Error: hook exploded on Doomed\n"),
+        "stderr: {stderr}"
+    );
+    assert!(
+        stderr.contains("`init` hook callback for async id"),
+        "stderr: {stderr}"
+    );
+}

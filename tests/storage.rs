@@ -1,0 +1,412 @@
+//! AsyncLocalStorage, Snapshot and frames: exact values.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::task::Poll;
+use std::time::Duration;
+
+use async_hooks::{AsyncLocalStorage, AsyncResource, BindContext, Snapshot};
+
+/// Counts live instances, to prove stores are freed.
+struct Tracked(Arc<AtomicUsize>, u32);
+
+impl Tracked {
+    fn new(live: &Arc<AtomicUsize>, value: u32) -> Tracked {
+        live.fetch_add(1, Ordering::SeqCst);
+        Tracked(live.clone(), value)
+    }
+}
+
+impl Drop for Tracked {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+#[test]
+fn request_logger_interleaves_and_each_request_logs_its_own_id() {
+    static REQUEST_ID: AsyncLocalStorage<u32> = AsyncLocalStorage::new();
+    let log = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let log_line = |log: &Arc<std::sync::Mutex<Vec<String>>>, msg: &str| {
+        let id = REQUEST_ID
+            .get_store()
+            .map_or("-".to_string(), |id| id.to_string());
+        log.lock().unwrap().push(format!("{id}: {msg}"));
+    };
+    let request = |n: u32| {
+        let log = log.clone();
+        REQUEST_ID.run(n, || {
+            async move {
+                log_line(&log, "start");
+                // Yield once so the two requests interleave.
+                let mut yielded = false;
+                std::future::poll_fn(|cx| {
+                    if yielded {
+                        Poll::Ready(())
+                    } else {
+                        yielded = true;
+                        cx.waker().wake_by_ref();
+                        Poll::Pending
+                    }
+                })
+                .await;
+                log_line(&log, "finish");
+            }
+            .bind_context()
+        })
+    };
+    futures::executor::block_on(futures::future::join(request(0), request(1)));
+    assert_eq!(
+        *log.lock().unwrap(),
+        ["0: start", "1: start", "0: finish", "1: finish"]
+    );
+}
+
+#[test]
+fn nested_run_shadows_and_exit_hides() {
+    let store = AsyncLocalStorage::new().with_name("nested");
+    assert_eq!(store.name(), Some("nested"));
+    assert_eq!(store.get_store(), None);
+    store.run("outer", || {
+        assert_eq!(store.get_store().as_deref(), Some(&"outer"));
+        store.run("inner", || {
+            assert_eq!(store.get_store().as_deref(), Some(&"inner"))
+        });
+        assert_eq!(store.get_store().as_deref(), Some(&"outer"));
+        store.exit(|| {
+            assert_eq!(store.get_store(), None);
+            store.run("again", || {
+                assert_eq!(store.get_store().as_deref(), Some(&"again"))
+            });
+            assert_eq!(store.get_store(), None);
+        });
+        assert_eq!(store.get_store().as_deref(), Some(&"outer"));
+    });
+    assert_eq!(store.get_store(), None);
+}
+
+#[test]
+fn exit_gives_none_not_the_default() {
+    let store = AsyncLocalStorage::new().with_default(0u32);
+    assert_eq!(store.get_store().as_deref(), Some(&0));
+    store.with_store(|v| assert_eq!(v, Some(&0)));
+    store.run(5, || {
+        assert_eq!(store.get_store().as_deref(), Some(&5));
+        store.exit(|| {
+            assert_eq!(store.get_store(), None);
+            // Created inside exit: still None, not the default.
+            let job = AsyncResource::new("Job");
+            assert_eq!(job.run_in_async_scope(|| store.get_store()), None);
+        });
+    });
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_instances_are_independent_across_timers() {
+    static USER: AsyncLocalStorage<&'static str> = AsyncLocalStorage::new();
+    static TRACE: AsyncLocalStorage<u64> = AsyncLocalStorage::new();
+    let task = |user: &'static str, trace: u64, delay: u64| {
+        USER.run(user, || {
+            TRACE.run(trace, || {
+                tokio::spawn(
+                    async move {
+                        tokio::time::sleep(Duration::from_millis(delay)).await;
+                        let first = (*USER.get_store().unwrap(), *TRACE.get_store().unwrap());
+                        tokio::time::sleep(Duration::from_millis(delay)).await;
+                        let second = (*USER.get_store().unwrap(), *TRACE.get_store().unwrap());
+                        (first, second)
+                    }
+                    .bind_context(),
+                )
+            })
+        })
+    };
+    let a = task("ada", 1, 20);
+    let b = task("bob", 2, 5);
+    assert_eq!(USER.get_store(), None);
+    assert_eq!(TRACE.get_store(), None);
+    assert_eq!(a.await.unwrap(), (("ada", 1), ("ada", 1)));
+    assert_eq!(b.await.unwrap(), (("bob", 2), ("bob", 2)));
+}
+
+#[test]
+fn run_restores_only_its_own_storage() {
+    let a = AsyncLocalStorage::new();
+    let b = AsyncLocalStorage::new();
+    a.run(1, || {
+        b.enter_with("entered inside a's run");
+        assert_eq!(a.get_store().as_deref(), Some(&1));
+    });
+    assert_eq!(a.get_store(), None);
+    assert_eq!(b.get_store().as_deref(), Some(&"entered inside a's run"));
+    // The same for exit and a guard.
+    a.exit(|| b.enter_with("inside exit"));
+    assert_eq!(b.get_store().as_deref(), Some(&"inside exit"));
+    {
+        let _guard = a.enter_scope(2);
+        b.enter_with("inside guard");
+    }
+    assert_eq!(a.get_store(), None);
+    assert_eq!(b.get_store().as_deref(), Some(&"inside guard"));
+    // enter_with of the same storage inside a run ends with the run.
+    a.run(3, || a.enter_with(4));
+    assert_eq!(a.get_store(), None);
+    b.disable();
+}
+
+#[test]
+fn enter_with_inside_a_resource_scope_stays_inside() {
+    let store = AsyncLocalStorage::new();
+    let job = AsyncResource::new("Job");
+    job.run_in_async_scope(|| {
+        store.enter_with(1);
+        assert_eq!(store.get_store().as_deref(), Some(&1));
+    });
+    assert_eq!(store.get_store(), None);
+    // The resource's own captured context is unchanged for the next call.
+    assert_eq!(job.run_in_async_scope(|| store.get_store()), None);
+    // A sibling thread never sees it either.
+    store.run(2, || {
+        job.run_in_async_scope(|| store.enter_with(3));
+        assert_eq!(store.get_store().as_deref(), Some(&2));
+    });
+}
+
+#[test]
+fn enter_with_persists_across_polls_of_the_same_future_only() {
+    let store = AsyncLocalStorage::new();
+    let mut step = 0;
+    let fut = std::future::poll_fn(|cx| {
+        step += 1;
+        match step {
+            1 => {
+                store.enter_with("set in poll 1");
+                cx.waker().wake_by_ref();
+                Poll::Pending
+            }
+            _ => Poll::Ready(store.get_store()),
+        }
+    })
+    .bind_context();
+    let mut fut = Box::pin(fut);
+    let waker = futures::task::noop_waker();
+    let mut cx = std::task::Context::from_waker(&waker);
+    assert!(fut.as_mut().poll(&mut cx).is_pending());
+    assert_eq!(
+        store.get_store(),
+        None,
+        "enter_with must not leak out of the poll"
+    );
+    match fut.as_mut().poll(&mut cx) {
+        Poll::Ready(seen) => assert_eq!(seen.as_deref(), Some(&"set in poll 1")),
+        Poll::Pending => panic!("expected Ready"),
+    }
+}
+
+#[test]
+fn disable_exits_every_context_until_the_next_run() {
+    let live = Arc::new(AtomicUsize::new(0));
+    let store = AsyncLocalStorage::new();
+    // A continuation captured before disable.
+    let continuation = store.run(Tracked::new(&live, 1), || {
+        AsyncResource::new("Continuation")
+    });
+    store.enter_with(Tracked::new(&live, 2));
+    assert_eq!(store.with_store(|t| t.map(|t| t.1)), Some(2));
+    assert_eq!(live.load(Ordering::SeqCst), 2);
+
+    store.disable();
+    assert!(store.get_store().is_none());
+    assert!(
+        continuation
+            .run_in_async_scope(|| store.get_store())
+            .is_none()
+    );
+    // This thread's frame let go of its store at once; the continuation still holds its own.
+    assert_eq!(live.load(Ordering::SeqCst), 1);
+    drop(continuation);
+    assert_eq!(
+        live.load(Ordering::SeqCst),
+        0,
+        "stores are freed once nothing holds them"
+    );
+
+    // A later run works.
+    store.run(Tracked::new(&live, 3), || {
+        assert_eq!(store.with_store(|t| t.map(|t| t.1)), Some(3))
+    });
+    assert_eq!(live.load(Ordering::SeqCst), 0);
+}
+
+#[test]
+fn stores_are_freed_when_the_last_frame_holding_them_goes() {
+    let live = Arc::new(AtomicUsize::new(0));
+    let store = AsyncLocalStorage::new();
+    let (job, snapshot) = store.run(Tracked::new(&live, 1), || {
+        (AsyncResource::new("Job"), Snapshot::capture())
+    });
+    assert_eq!(
+        live.load(Ordering::SeqCst),
+        1,
+        "the resource and the snapshot hold the store"
+    );
+    drop(job);
+    assert_eq!(
+        live.load(Ordering::SeqCst),
+        1,
+        "the snapshot still holds it"
+    );
+    assert_eq!(
+        snapshot.run(|| store.with_store(|t| t.map(|t| t.1))),
+        Some(1)
+    );
+    drop(snapshot);
+    assert_eq!(live.load(Ordering::SeqCst), 0);
+
+    let fut = store.run(Tracked::new(&live, 2), || async {}.bind_context());
+    assert_eq!(live.load(Ordering::SeqCst), 1);
+    futures::executor::block_on(fut);
+    assert_eq!(live.load(Ordering::SeqCst), 0);
+}
+
+#[test]
+fn snapshot_returns_the_captured_store_inside_another_run() {
+    let store = AsyncLocalStorage::new();
+    let other = AsyncLocalStorage::new();
+    let snapshot = store.run(1, || other.run('x', AsyncLocalStorage::<u8>::snapshot));
+    store.run(2, || {
+        let inside = snapshot.run(|| (store.get_store(), other.get_store()));
+        assert_eq!(inside.0.as_deref(), Some(&1));
+        assert_eq!(inside.1.as_deref(), Some(&'x'));
+        assert_eq!(store.get_store().as_deref(), Some(&2));
+        assert_eq!(other.get_store(), None);
+    });
+}
+
+#[test]
+fn a_resource_sees_the_store_of_its_creation() {
+    let store = AsyncLocalStorage::new();
+    let job = store.run("S1", || AsyncResource::new("Job"));
+    store.run("S2", || {
+        assert_eq!(
+            job.run_in_async_scope(|| store.get_store()).as_deref(),
+            Some(&"S1")
+        );
+        assert_eq!(store.get_store().as_deref(), Some(&"S2"));
+    });
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scope_keeps_the_store_across_awaits_and_thread_hops() {
+    static REQUEST: AsyncLocalStorage<u32> = AsyncLocalStorage::new();
+    let handles: Vec<_> = (0..8u32)
+        .map(|n| {
+            tokio::spawn(REQUEST.scope(n, async move {
+                let mut seen = Vec::new();
+                for _ in 0..20 {
+                    tokio::task::yield_now().await;
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                    seen.push((*REQUEST.get_store().unwrap(), std::thread::current().id()));
+                }
+                seen
+            }))
+        })
+        .collect();
+    let mut threads = std::collections::HashSet::new();
+    for (n, handle) in handles.into_iter().enumerate() {
+        for (value, thread) in handle.await.unwrap() {
+            assert_eq!(value, n as u32);
+            threads.insert(thread);
+        }
+    }
+    assert!(REQUEST.get_store().is_none());
+    // Tasks ran on more than one worker thread, so the store followed them across threads.
+    assert!(
+        threads.len() >= 2,
+        "tasks ran on {} thread(s)",
+        threads.len()
+    );
+}
+
+#[test]
+fn thousand_deep_nested_run() {
+    fn nest(store: &AsyncLocalStorage<usize>, depth: usize) {
+        if depth == 0 {
+            return;
+        }
+        store.run(depth, || {
+            assert_eq!(*store.get_store().unwrap(), depth);
+            nest(store, depth - 1);
+            assert_eq!(*store.get_store().unwrap(), depth);
+        });
+    }
+    let store = AsyncLocalStorage::new();
+    std::thread::Builder::new()
+        .stack_size(64 << 20)
+        .spawn(move || {
+            nest(&store, 1000);
+            assert_eq!(store.get_store(), None);
+        })
+        .unwrap()
+        .join()
+        .unwrap();
+}
+
+#[test]
+fn panic_inside_run_restores() {
+    let store = AsyncLocalStorage::new();
+    store.run(1, || {
+        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            store.run(2, || panic!("boom"));
+        }));
+        assert!(result.is_err());
+        assert_eq!(store.get_store().as_deref(), Some(&1));
+    });
+    assert_eq!(store.get_store(), None);
+}
+
+#[test]
+fn enter_scope_guard_restores_the_previous_store() {
+    let store = AsyncLocalStorage::new();
+    store.run(1, || {
+        let outer = store.enter_scope(2);
+        assert_eq!(store.get_store().as_deref(), Some(&2));
+        let inner = store.enter_scope(3);
+        assert_eq!(store.get_store().as_deref(), Some(&3));
+        drop(inner);
+        assert_eq!(store.get_store().as_deref(), Some(&2));
+        drop(outer);
+        assert_eq!(store.get_store().as_deref(), Some(&1));
+    });
+}
+
+#[test]
+fn with_store_and_get_store_agree_with_many_storages() {
+    let storages: Vec<AsyncLocalStorage<usize>> =
+        (0..100).map(|_| AsyncLocalStorage::new()).collect();
+    fn enter_all(storages: &[AsyncLocalStorage<usize>], i: usize, check: &dyn Fn()) {
+        match storages.get(i) {
+            Some(s) => s.run(i * 10, || enter_all(storages, i + 1, check)),
+            None => check(),
+        }
+    }
+    enter_all(&storages, 0, &|| {
+        for (i, s) in storages.iter().enumerate() {
+            assert_eq!(s.get_store().as_deref(), Some(&(i * 10)));
+            assert_eq!(s.with_store(|v| v.copied()), Some(i * 10));
+        }
+    });
+    assert!(storages.iter().all(|s| s.get_store().is_none()));
+}
+
+#[test]
+fn a_storage_dropped_while_values_are_captured_frees_them_later() {
+    let live = Arc::new(AtomicUsize::new(0));
+    let store = Box::new(AsyncLocalStorage::new());
+    let job = store.run(Tracked::new(&live, 1), || AsyncResource::new("Job"));
+    drop(store);
+    assert_eq!(live.load(Ordering::SeqCst), 1);
+    job.run_in_async_scope(|| {});
+    drop(job);
+    assert_eq!(live.load(Ordering::SeqCst), 0);
+}
