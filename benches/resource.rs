@@ -1,1 +1,83 @@
-fn main() {}
+//! AsyncResource and instrumented-future lifecycles, with and without a hook, next to a plain
+//! closure call and a plain future.
+//!
+//! `cargo bench --bench resource`
+
+use std::hint::black_box;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::{Context, Poll};
+
+use async_hooks::{AsyncResource, BindContext, Hooks, create_hook};
+use criterion::{Criterion, criterion_group, criterion_main};
+
+static EVENTS: AtomicU64 = AtomicU64::new(0);
+
+fn counting_hook() -> async_hooks::AsyncHook {
+    let count = |_| {
+        EVENTS.fetch_add(1, Ordering::Relaxed);
+    };
+    create_hook(
+        Hooks::new()
+            .init(|_, _, _, _| {
+                EVENTS.fetch_add(1, Ordering::Relaxed);
+            })
+            .before(count)
+            .after(count)
+            .destroy(count)
+            .promise_resolve(count),
+    )
+}
+
+fn poll_once<F: std::future::Future>(fut: F) -> F::Output {
+    let mut fut = std::pin::pin!(fut);
+    let mut cx = Context::from_waker(std::task::Waker::noop());
+    match fut.as_mut().poll(&mut cx) {
+        Poll::Ready(v) => v,
+        Poll::Pending => panic!("bench futures are ready at once"),
+    }
+}
+
+fn lifecycles(c: &mut Criterion) {
+    let mut group = c.benchmark_group("lifecycle");
+    group.bench_function("plain closure call", |b| {
+        let f = black_box(|x: u64| x + 1);
+        b.iter(|| f(black_box(1)))
+    });
+    group.bench_function("AsyncResource new+run_in_async_scope+drop, no hook", |b| {
+        b.iter(|| {
+            let r = AsyncResource::new("Bench");
+            r.run_in_async_scope(|| black_box(1u64) + 1)
+        })
+    });
+    let hook = counting_hook().enable();
+    group.bench_function(
+        "AsyncResource new+run_in_async_scope+drop, counting hook",
+        |b| {
+            b.iter(|| {
+                let r = AsyncResource::new("Bench");
+                r.run_in_async_scope(|| black_box(1u64) + 1)
+            })
+        },
+    );
+    hook.disable();
+
+    group.bench_function("plain future poll to ready", |b| {
+        b.iter(|| poll_once(async { black_box(1u64) + 1 }))
+    });
+    group.bench_function("bind_context future create+poll+drop, no hook", |b| {
+        b.iter(|| poll_once(async { black_box(1u64) + 1 }.bind_context()))
+    });
+    let hook = counting_hook().enable();
+    group.bench_function("bind_context future create+poll+drop, counting hook", |b| {
+        b.iter(|| poll_once(async { black_box(1u64) + 1 }.bind_context()))
+    });
+    hook.disable();
+    group.finish();
+    assert!(
+        EVENTS.load(Ordering::Relaxed) > 0,
+        "the hook saw the benchmarked resources"
+    );
+}
+
+criterion_group!(benches, lifecycles);
+criterion_main!(benches);

@@ -19,17 +19,13 @@ pub(crate) struct ExecIds {
     pub(crate) ty: &'static ResourceType,
 }
 
-impl ExecIds {
-    const ROOT: ExecIds = ExecIds {
-        async_id: AsyncId::ROOT,
-        trigger_id: AsyncId::NONE,
-        ty: &ROOT_TYPE,
-    };
-}
-
 pub(crate) struct ThreadState {
     pub(crate) ids: IdBlock,
-    exec: Cell<ExecIds>,
+    // The ids and type live in separate 8-byte cells: moving a 24-byte struct through a `Cell`
+    // on every switch cost store-forwarding stalls.
+    async_id: Cell<AsyncId>,
+    trigger_id: Cell<AsyncId>,
+    ty: Cell<&'static ResourceType>,
     /// The running resource's handle, if one was materialised (by an `init` hook or by
     /// `execution_async_resource()`); created lazily so that resources cost no allocation while
     /// nobody looks at them.
@@ -43,7 +39,9 @@ thread_local! {
     static STATE: ThreadState = const {
         ThreadState {
             ids: IdBlock::new(),
-            exec: Cell::new(ExecIds::ROOT),
+            async_id: Cell::new(AsyncId::ROOT),
+            trigger_id: Cell::new(AsyncId::NONE),
+            ty: Cell::new(&ROOT_TYPE),
             resource: Cell::new(None),
             frame: Cell::new(Frame::EMPTY),
             hooks: ThreadHooks::new(),
@@ -74,15 +72,33 @@ pub(crate) struct Saved {
 impl ThreadState {
     #[inline]
     pub(crate) fn exec(&self) -> ExecIds {
-        self.exec.get()
+        ExecIds {
+            async_id: self.async_id.get(),
+            trigger_id: self.trigger_id.get(),
+            ty: self.ty.get(),
+        }
+    }
+
+    #[inline]
+    pub(crate) fn execution_async_id(&self) -> AsyncId {
+        self.async_id.get()
+    }
+
+    #[inline]
+    fn set_exec(&self, exec: ExecIds) {
+        self.async_id.set(exec.async_id);
+        self.trigger_id.set(exec.trigger_id);
+        self.ty.set(exec.ty);
     }
 
     /// Switches the thread to another execution; the returned [`Saved`] must be given back to
     /// [`ThreadState::leave`].
     #[inline]
     pub(crate) fn enter(&self, exec: ExecIds, resource: Option<Resource>, frame: Frame) -> Saved {
+        let previous = self.exec();
+        self.set_exec(exec);
         Saved {
-            exec: self.exec.replace(exec),
+            exec: previous,
             resource: self.resource.replace(resource),
             frame: self.frame.replace(frame),
         }
@@ -92,7 +108,7 @@ impl ThreadState {
     /// may have been materialised, the frame changed by `enter_with`, during the scope).
     #[inline]
     pub(crate) fn leave(&self, saved: Saved) -> (Option<Resource>, Frame) {
-        self.exec.set(saved.exec);
+        self.set_exec(saved.exec);
         (
             self.resource.replace(saved.resource),
             self.frame.replace(saved.frame),
@@ -105,7 +121,7 @@ impl ThreadState {
         let handle = match self.resource.take() {
             Some(handle) => handle,
             None => {
-                let exec = self.exec.get();
+                let exec = self.exec();
                 if exec.async_id == AsyncId::ROOT {
                     Resource::root()
                 } else {
@@ -147,7 +163,7 @@ impl ThreadState {
 /// ```
 #[inline]
 pub fn execution_async_id() -> AsyncId {
-    try_with_state(|s| s.exec.get().async_id).unwrap_or(AsyncId::ROOT)
+    try_with_state(|s| s.async_id.get()).unwrap_or(AsyncId::ROOT)
 }
 
 /// The trigger id of the running resource: the execution that created it. [`AsyncId::NONE`] at
@@ -162,7 +178,7 @@ pub fn execution_async_id() -> AsyncId {
 /// ```
 #[inline]
 pub fn trigger_async_id() -> AsyncId {
-    try_with_state(|s| s.exec.get().trigger_id).unwrap_or(AsyncId::NONE)
+    try_with_state(|s| s.trigger_id.get()).unwrap_or(AsyncId::NONE)
 }
 
 /// A handle to the running resource: the very handle passed to `init` hooks for it. Outside every

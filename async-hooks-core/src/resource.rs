@@ -329,7 +329,7 @@ impl ResourceCore {
         ty.register();
         let exec = ExecIds {
             async_id: state.ids.allocate(),
-            trigger_id: trigger.unwrap_or_else(|| state.exec().async_id),
+            trigger_id: trigger.unwrap_or_else(|| state.execution_async_id()),
             ty,
         };
         let core = ResourceCore {

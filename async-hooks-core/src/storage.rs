@@ -30,14 +30,27 @@ struct Entry {
 const LINEAR_SCAN_MAX: usize = 8;
 
 /// An immutable storage context.
+///
+/// A thin pointer on purpose: frames are swapped in and out of the thread's `Cell`s on every
+/// poll and read, and a 16-byte fat pointer there costs store-forwarding stalls that dominated
+/// `get_store` in the benchmarks (see BENCHMARKS.md).
 #[derive(Clone, Default)]
-pub(crate) struct Frame(Option<Arc<[Entry]>>);
+pub(crate) struct Frame(Option<Arc<FrameData>>);
+
+struct FrameData {
+    /// Sorted by key.
+    entries: Box<[Entry]>,
+}
 
 impl Frame {
     pub(crate) const EMPTY: Frame = Frame(None);
 
+    #[inline]
     fn entries(&self) -> &[Entry] {
-        self.0.as_deref().unwrap_or(&[])
+        match &self.0 {
+            Some(data) => &data.entries,
+            None => &[],
+        }
     }
 
     /// The entry of `key`: `None` if the storage has none in this frame.
@@ -78,7 +91,9 @@ impl Frame {
         if next.is_empty() {
             Frame(None)
         } else {
-            Frame(Some(next.into()))
+            Frame(Some(Arc::new(FrameData {
+                entries: next.into_boxed_slice(),
+            })))
         }
     }
 
@@ -159,19 +174,26 @@ impl Drop for KeyRestore<'_> {
     }
 }
 
-/// The current thread's entry of `key`: outer `None` if the frame has none.
+/// Looks up `key` in the current thread's frame and maps its entry with `f` (which must not run
+/// user code: the frame is out of its cell meanwhile). `None` if the frame has no entry.
 #[inline]
-fn lookup_current(key: u64) -> Option<Option<Value>> {
+fn lookup_current<R>(key: u64, f: impl FnOnce(&Option<Value>) -> R) -> Option<R> {
     if key == 0 {
         return None;
     }
     try_with_state(|state| {
         let frame = state.frame.take();
-        let entry = frame.lookup(key).map(|e| e.value.clone());
+        let found = frame.lookup(key).map(|e| f(&e.value));
         state.frame.set(frame);
-        entry
+        found
     })
     .flatten()
+}
+
+/// Clones the store out of an entry as a thin `Arc<T>`.
+#[inline]
+fn typed<T: Send + Sync + 'static>(value: &Option<Value>) -> Option<Arc<T>> {
+    value.clone().and_then(|v| v.downcast::<T>().ok())
 }
 
 /// Context-local storage: a value that follows the logical flow of async work — through
@@ -302,8 +324,8 @@ impl<T: Send + Sync + 'static> AsyncLocalStorage<T> {
     /// ```
     #[inline]
     pub fn get_store(&self) -> Option<Arc<T>> {
-        match lookup_current(self.read_key()) {
-            Some(value) => value.and_then(|v| v.downcast::<T>().ok()),
+        match lookup_current(self.read_key(), typed::<T>) {
+            Some(value) => value,
             None => self.default_value().cloned(),
         }
     }
@@ -319,8 +341,10 @@ impl<T: Send + Sync + 'static> AsyncLocalStorage<T> {
     /// ```
     #[inline]
     pub fn with_store<R>(&self, f: impl FnOnce(Option<&T>) -> R) -> R {
-        match lookup_current(self.read_key()) {
-            Some(value) => f(value.as_deref().and_then(|v| v.downcast_ref::<T>())),
+        // The store is cloned out before `f` runs: `f` may change the context (`run`,
+        // `enter_with`, polling a future), which must not free the value it is looking at.
+        match lookup_current(self.read_key(), typed::<T>) {
+            Some(value) => f(value.as_deref()),
             None => f(self.default_value().map(|v| &**v)),
         }
     }

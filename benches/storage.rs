@@ -1,0 +1,122 @@
+//! AsyncLocalStorage against tokio's `task_local!` and a plain `thread_local!`, in Node's
+//! benchmark shapes (storages active, nested resource scopes).
+//!
+//! `cargo bench --bench storage`
+
+use std::cell::Cell;
+use std::hint::black_box;
+
+use async_hooks::{AsyncLocalStorage, AsyncResource, Snapshot};
+use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
+
+static STORE: AsyncLocalStorage<u64> = AsyncLocalStorage::new();
+static UNUSED: AsyncLocalStorage<u64> = AsyncLocalStorage::new();
+
+tokio::task_local! {
+    static TASK_LOCAL: u64;
+}
+
+thread_local! {
+    static THREAD_LOCAL: Cell<u64> = const { Cell::new(1) };
+}
+
+/// Runs `f` with `n - 1` other storages active (plus whatever `f` sets itself).
+fn with_active(others: &[AsyncLocalStorage<u64>], f: &mut dyn FnMut()) {
+    match others.split_first() {
+        Some((first, rest)) => first.run(7, || with_active(rest, f)),
+        None => f(),
+    }
+}
+
+/// Runs `f` inside `depth` nested resource scopes.
+fn nested_scopes(depth: usize, f: &mut dyn FnMut()) {
+    if depth == 0 {
+        return f();
+    }
+    let r = AsyncResource::new("Nest");
+    r.run_in_async_scope(|| nested_scopes(depth - 1, f));
+}
+
+fn reads(c: &mut Criterion) {
+    let mut group = c.benchmark_group("read");
+    STORE.run(1, || {
+        group.bench_function("async-hooks get_store hit", |b| {
+            b.iter(|| black_box(STORE.get_store()))
+        });
+        group.bench_function("async-hooks with_store hit", |b| {
+            b.iter(|| STORE.with_store(|v| black_box(v.copied())))
+        });
+        group.bench_function("async-hooks get_store miss", |b| {
+            b.iter(|| black_box(UNUSED.get_store()))
+        });
+    });
+    TASK_LOCAL.sync_scope(1, || {
+        group.bench_function("tokio task_local with (hit)", |b| {
+            b.iter(|| TASK_LOCAL.with(|v| black_box(*v)))
+        });
+    });
+    group.bench_function("tokio task_local try_with (miss)", |b| {
+        b.iter(|| black_box(TASK_LOCAL.try_with(|v| *v).ok()))
+    });
+    group.bench_function("thread_local with", |b| {
+        b.iter(|| THREAD_LOCAL.with(|v| black_box(v.get())))
+    });
+    group.finish();
+
+    let mut group = c.benchmark_group("get_store with N storages active");
+    for n in [1usize, 10, 100] {
+        let others: Vec<AsyncLocalStorage<u64>> =
+            (1..n).map(|_| AsyncLocalStorage::new()).collect();
+        with_active(&others, &mut || {
+            STORE.run(1, || {
+                group.bench_with_input(BenchmarkId::from_parameter(n), &n, |b, _| {
+                    b.iter(|| black_box(STORE.get_store()))
+                });
+            })
+        });
+    }
+    group.finish();
+
+    let mut group = c.benchmark_group("get_store under N nested resource scopes");
+    for depth in [10usize, 100, 1000] {
+        STORE.run(1, || {
+            nested_scopes(depth, &mut || {
+                group.bench_with_input(BenchmarkId::from_parameter(depth), &depth, |b, _| {
+                    b.iter(|| black_box(STORE.get_store()))
+                });
+            })
+        });
+    }
+    group.finish();
+}
+
+fn writes(c: &mut Criterion) {
+    let mut group = c.benchmark_group("run with N storages active");
+    for n in [1usize, 4, 16, 100] {
+        let others: Vec<AsyncLocalStorage<u64>> =
+            (1..n).map(|_| AsyncLocalStorage::new()).collect();
+        with_active(&others, &mut || {
+            group.bench_with_input(BenchmarkId::new("async-hooks run", n), &n, |b, _| {
+                b.iter(|| STORE.run(black_box(1), || black_box(())))
+            });
+        });
+    }
+    group.bench_function("tokio task_local sync_scope", |b| {
+        b.iter(|| TASK_LOCAL.sync_scope(black_box(1), || black_box(())))
+    });
+    group.finish();
+
+    let mut group = c.benchmark_group("snapshot");
+    group.bench_function("Snapshot::capture, empty context", |b| {
+        b.iter(|| black_box(Snapshot::capture()))
+    });
+    STORE.run(1, || {
+        group.bench_function("Snapshot::capture, one storage", |b| {
+            b.iter(|| black_box(Snapshot::capture()))
+        });
+    });
+    group.finish();
+}
+
+criterion_group!(benches, reads, writes);
+criterion_main!(benches);
