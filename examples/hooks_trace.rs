@@ -20,7 +20,10 @@ fn main() {
         Hooks::new()
             .init(|id, ty, trigger, _| {
                 let execution = execution_async_id();
-                println!("{}{ty}({id}): trigger: {trigger} execution: {execution}", pad());
+                println!(
+                    "{}{ty}({id}): trigger: {trigger} execution: {execution}",
+                    pad()
+                );
             })
             .before(|id| {
                 println!("{}before:  {id}", pad());
@@ -41,7 +44,9 @@ fn main() {
         request.run_in_async_scope(|| {
             let query = async {
                 let timer = AsyncResource::new("Timeout");
-                timer.run_in_async_scope(|| println!("{}>>> timer fired in {}", pad(), execution_async_id()));
+                timer.run_in_async_scope(|| {
+                    println!("{}>>> timer fired in {}", pad(), execution_async_id())
+                });
             }
             .bind_context_as("DBQuery");
             futures::executor::block_on(query);
