@@ -22,3 +22,6 @@
 #![forbid(unsafe_code)]
 
 pub use async_hooks_core::*;
+/// `#[async_resource]` makes an `async fn` an async resource created at each call; `bind!` binds a
+/// closure or an async block to the context current where it is evaluated.
+pub use async_hooks_macros::{async_resource, bind};

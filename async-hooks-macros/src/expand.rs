@@ -1,0 +1,290 @@
+//! Code generation for `#[async_resource]` and `bind!`.
+
+use proc_macro2::{Span, TokenStream, TokenTree};
+use quote::{format_ident, quote, quote_spanned};
+use syn::ext::IdentExt;
+use syn::parse::{Parse, ParseStream};
+use syn::spanned::Spanned;
+use syn::{
+    Attribute, Block, Expr, ExprClosure, FnArg, Pat, PatIdent, ReturnType, Signature, Stmt, Token,
+    Type, Visibility, braced,
+};
+
+use crate::parse::{self, Options};
+use crate::validate;
+
+/// A fn item, an impl method or a trait method (with or without a body).
+pub(crate) struct AnyFn {
+    attrs: Vec<Attribute>,
+    vis: Visibility,
+    defaultness: Option<Token![default]>,
+    sig: Signature,
+    body: Option<(Vec<Attribute>, Vec<Stmt>, proc_macro2::extra::DelimSpan)>,
+}
+
+impl Parse for AnyFn {
+    fn parse(input: ParseStream) -> syn::Result<AnyFn> {
+        let attrs = input.call(Attribute::parse_outer)?;
+        let vis: Visibility = input.parse()?;
+        let defaultness: Option<Token![default]> = input.parse()?;
+        let sig: Signature = input.parse()?;
+        let body = if input.peek(Token![;]) {
+            input.parse::<Token![;]>()?;
+            None
+        } else {
+            let content;
+            let brace = braced!(content in input);
+            let inner = content.call(Attribute::parse_inner)?;
+            let stmts = content.call(Block::parse_within)?;
+            Some((inner, stmts, brace.span))
+        };
+        Ok(AnyFn {
+            attrs,
+            vis,
+            defaultness,
+            sig,
+            body,
+        })
+    }
+}
+
+/// Rewrites `async fn` into a fn whose call creates the resource and returns the future.
+pub(crate) fn async_resource(args: TokenStream, item: TokenStream) -> syn::Result<TokenStream> {
+    let options = parse::attribute_options(args)?;
+    let func: AnyFn = syn::parse2(item)?;
+    validate::signature(&func.sig)?;
+    let Some((inner_attrs, stmts, brace)) = func.body else {
+        return Err(validate::missing_body(&func.sig));
+    };
+    let krate = options.krate();
+    let type_name = match &options.type_name {
+        Some(lit) => lit.clone(),
+        None => syn::LitStr::new(&func.sig.ident.unraw().to_string(), func.sig.ident.span()),
+    };
+
+    let mut sig = func.sig;
+    sig.asyncness = None;
+
+    // Every argument moves into the future, as with `async fn`: a simple `name` binding is
+    // re-bound by name (keeping the user's span, so `unused_variables` still points at it);
+    // any other pattern gets a plain name in the signature and is destructured inside.
+    let mut moves = Vec::new();
+    for (index, input) in sig.inputs.iter_mut().enumerate() {
+        match input {
+            FnArg::Receiver(_) => {
+                // `async move` captures `self` whole once it is mentioned.
+                moves.push(quote!(let _ = &self;));
+            }
+            FnArg::Typed(pat_type) => match &mut *pat_type.pat {
+                Pat::Ident(PatIdent {
+                    by_ref: None,
+                    mutability,
+                    ident,
+                    subpat: None,
+                    ..
+                }) if ident != "self" => {
+                    let mutability = mutability.take();
+                    moves.push(quote!(let #mutability #ident = #ident;));
+                }
+                pat => {
+                    let arg = format_ident!("__async_hooks_arg{}", index);
+                    let user_pat = std::mem::replace(
+                        pat,
+                        Pat::Ident(PatIdent {
+                            attrs: Vec::new(),
+                            by_ref: None,
+                            mutability: None,
+                            ident: arg.clone(),
+                            subpat: None,
+                        }),
+                    );
+                    moves.push(quote!(let #arg = #arg;));
+                    moves.push(quote!(let #user_pat = #arg;));
+                }
+            },
+        }
+    }
+
+    let output = match &sig.output {
+        ReturnType::Default => quote!(()),
+        ReturnType::Type(_, ty) => quote!(#ty),
+    };
+    // The "fake return edge" (as in tracing-attributes): the async block's output type is
+    // fixed before the user's body is checked, so a mismatch is reported on the user's
+    // expression and `?` knows its error type. Skipped when the type mentions `impl Trait`,
+    // which a `let` cannot name.
+    let fake_return = match &sig.output {
+        ReturnType::Type(_, ty) if mentions_impl(ty) => quote!(),
+        ReturnType::Type(_, ty) => {
+            let span = ty.span();
+            quote_spanned! {span=>
+                #[allow(
+                    unknown_lints,
+                    unreachable_code,
+                    clippy::diverging_sub_expression,
+                    clippy::empty_loop,
+                    clippy::let_unit_value,
+                    clippy::let_with_type_underscore,
+                    clippy::needless_return,
+                    clippy::unreachable
+                )]
+                if false {
+                    let __async_hooks_fake_return: #ty = loop {};
+                    return __async_hooks_fake_return;
+                }
+            }
+        }
+        ReturnType::Default => quote! {
+            #[allow(
+                unknown_lints,
+                unreachable_code,
+                clippy::diverging_sub_expression,
+                clippy::empty_loop,
+                clippy::let_unit_value,
+                clippy::needless_return,
+                clippy::unreachable
+            )]
+            if false {
+                let __async_hooks_fake_return: () = loop {};
+                return __async_hooks_fake_return;
+            }
+        },
+    };
+    sig.output = syn::parse_quote! {
+        -> impl ::core::future::Future<Output = #output>
+    };
+
+    let body = quote_spanned! {brace.join()=>
+        {
+            #(#moves)*
+            #fake_return
+            #(#stmts)*
+        }
+    };
+    let attrs = func.attrs;
+    let vis = func.vis;
+    let defaultness = func.defaultness;
+    let async_block = quote_spanned!(brace.join()=> async move #body);
+    Ok(quote! {
+        #(#attrs)*
+        #vis #defaultness #sig {
+            #(#inner_attrs)*
+            static __ASYNC_HOOKS_TYPE: #krate::__private::ResourceType =
+                #krate::__private::ResourceType::new(#type_name);
+            #krate::__private::Instrumented::new(&__ASYNC_HOOKS_TYPE, #async_block)
+        }
+    })
+}
+
+fn mentions_impl(ty: &Type) -> bool {
+    fn scan(tokens: TokenStream) -> bool {
+        tokens.into_iter().any(|tt| match tt {
+            TokenTree::Ident(ident) => ident == "impl",
+            TokenTree::Group(group) => scan(group.stream()),
+            _ => false,
+        })
+    }
+    scan(quote!(#ty))
+}
+
+/// The input of `bind!`: options, then a closure or an async block.
+pub(crate) struct BindInput {
+    options: Options,
+    expr: Expr,
+}
+
+impl Parse for BindInput {
+    fn parse(input: ParseStream) -> syn::Result<BindInput> {
+        let options = parse::bind_options(input)?;
+        if input.is_empty() {
+            return Err(syn::Error::new(
+                Span::call_site(),
+                "bind! needs a closure or an async block: write `bind!(move || …)` or `bind!(async move { … })`",
+            ));
+        }
+        let expr: Expr = input.parse()?;
+        if input.peek(Token![,]) {
+            input.parse::<Token![,]>()?;
+        }
+        if !input.is_empty() {
+            return Err(input.error(
+                "bind! takes one closure or async block after its options: remove what follows it",
+            ));
+        }
+        Ok(BindInput { options, expr })
+    }
+}
+
+/// Expands `bind!(...)`.
+pub(crate) fn bind(input: BindInput) -> syn::Result<TokenStream> {
+    let krate = input.options.krate();
+    let (ty_static, ty_ref) = match &input.options.type_name {
+        Some(name) => (
+            quote! {
+                static __ASYNC_HOOKS_TYPE: #krate::__private::ResourceType =
+                    #krate::__private::ResourceType::new(#name);
+            },
+            quote!(&__ASYNC_HOOKS_TYPE),
+        ),
+        None => (quote!(), quote!(&#krate::__private::BOUND_TYPE)),
+    };
+    let mut expr = &input.expr;
+    while let Expr::Group(group) = expr {
+        expr = &group.expr;
+    }
+    match expr {
+        Expr::Closure(closure) => bind_closure(closure, &krate, ty_static, ty_ref),
+        Expr::Async(block) => Ok(quote! {
+            {
+                #ty_static
+                #krate::__private::Instrumented::new(#ty_ref, #block)
+            }
+        }),
+        Expr::Paren(paren) => Err(syn::Error::new_spanned(
+            paren,
+            "bind! takes a closure or an async block directly: remove the parentheses",
+        )),
+        other => Err(syn::Error::new_spanned(
+            other,
+            "bind! takes a closure or an async block: write `bind!(move |x| f(x))` or `bind!(async move { … })`; to bind a future you already have, call `.bind_context()` on it (from `async_hooks::BindContext`)",
+        )),
+    }
+}
+
+fn bind_closure(
+    closure: &ExprClosure,
+    krate: &syn::Path,
+    ty_static: TokenStream,
+    ty_ref: TokenStream,
+) -> syn::Result<TokenStream> {
+    if let Some(asyncness) = &closure.asyncness {
+        return Err(syn::Error::new(
+            asyncness.span(),
+            "bind! does not take an async closure: bind the future each call makes instead, e.g. `move |x| bind!(async move { … })`, or write `bind!(async move { … })` for one future",
+        ));
+    }
+    // The outer closure has the user's arity and parameter types; the user's closure is kept
+    // intact (its captures, `move`-ness and Fn trait) and called inside the resource's scope.
+    let mut params = Vec::new();
+    let mut args = Vec::new();
+    for (index, input) in closure.inputs.iter().enumerate() {
+        let arg = format_ident!("__async_hooks_a{}", index);
+        match input {
+            Pat::Type(pat_type) => {
+                let ty = &pat_type.ty;
+                params.push(quote!(#arg: #ty));
+            }
+            _ => params.push(quote!(#arg)),
+        }
+        args.push(arg);
+    }
+    Ok(quote! {
+        {
+            #ty_static
+            #[allow(unused_mut)]
+            let mut __async_hooks_f = #closure;
+            let __async_hooks_r = #krate::__private::bound_resource(#ty_ref);
+            move |#(#params),*| __async_hooks_r.run_in_async_scope(|| __async_hooks_f(#(#args),*))
+        }
+    })
+}
