@@ -6,17 +6,24 @@
 
 use std::cell::Cell;
 
-use crate::hooks::ThreadHooks;
+use crate::hooks::{self, Kind, ThreadHooks};
 use crate::id::{AsyncId, IdBlock};
 use crate::resource::{ROOT_TYPE, Resource, ResourceType};
 use crate::storage::Frame;
 
-/// The identity of an execution: what `execution_async_id()` and friends report.
-#[derive(Clone, Copy)]
-pub(crate) struct ExecIds {
+/// The whole context of an execution: what `execution_async_id()` and friends report, the
+/// resource handle (if materialised) and the storage frame.
+///
+/// A future keeps its own `ExecContext` and *swaps* it with the thread's on entering and leaving
+/// a poll: no copy of the caller's context is made, and what the poll did (a handle materialised,
+/// an `enter_with`) stays with the future.
+#[derive(Clone)]
+pub(crate) struct ExecContext {
     pub(crate) async_id: AsyncId,
     pub(crate) trigger_id: AsyncId,
     pub(crate) ty: &'static ResourceType,
+    pub(crate) handle: Option<Resource>,
+    pub(crate) frame: Frame,
 }
 
 pub(crate) struct ThreadState {
@@ -62,57 +69,21 @@ pub(crate) fn try_with_state<R>(f: impl FnOnce(&ThreadState) -> R) -> Option<R> 
     STATE.try_with(f).ok()
 }
 
-/// What a scope saved on entry and puts back on exit.
-pub(crate) struct Saved {
-    exec: ExecIds,
-    resource: Option<Resource>,
-    frame: Frame,
-}
-
 impl ThreadState {
-    #[inline]
-    pub(crate) fn exec(&self) -> ExecIds {
-        ExecIds {
-            async_id: self.async_id.get(),
-            trigger_id: self.trigger_id.get(),
-            ty: self.ty.get(),
-        }
-    }
-
     #[inline]
     pub(crate) fn execution_async_id(&self) -> AsyncId {
         self.async_id.get()
     }
 
+    /// Exchanges the thread's context with `ctx`, field by field in place: called once to enter
+    /// an execution and once more to leave it.
     #[inline]
-    fn set_exec(&self, exec: ExecIds) {
-        self.async_id.set(exec.async_id);
-        self.trigger_id.set(exec.trigger_id);
-        self.ty.set(exec.ty);
-    }
-
-    /// Switches the thread to another execution; the returned [`Saved`] must be given back to
-    /// [`ThreadState::leave`].
-    #[inline]
-    pub(crate) fn enter(&self, exec: ExecIds, resource: Option<Resource>, frame: Frame) -> Saved {
-        let previous = self.exec();
-        self.set_exec(exec);
-        Saved {
-            exec: previous,
-            resource: self.resource.replace(resource),
-            frame: self.frame.replace(frame),
-        }
-    }
-
-    /// Switches back to `saved`, returning the handle and frame the scope ended with (the handle
-    /// may have been materialised, the frame changed by `enter_with`, during the scope).
-    #[inline]
-    pub(crate) fn leave(&self, saved: Saved) -> (Option<Resource>, Frame) {
-        self.set_exec(saved.exec);
-        (
-            self.resource.replace(saved.resource),
-            self.frame.replace(saved.frame),
-        )
+    pub(crate) fn swap(&self, ctx: &mut ExecContext) {
+        ctx.async_id = self.async_id.replace(ctx.async_id);
+        ctx.trigger_id = self.trigger_id.replace(ctx.trigger_id);
+        ctx.ty = self.ty.replace(ctx.ty);
+        ctx.handle = self.resource.replace(ctx.handle.take());
+        ctx.frame = self.frame.replace(std::mem::take(&mut ctx.frame));
     }
 
     /// The running resource's handle, materialised on first use and kept for the rest of the
@@ -121,11 +92,11 @@ impl ThreadState {
         let handle = match self.resource.take() {
             Some(handle) => handle,
             None => {
-                let exec = self.exec();
-                if exec.async_id == AsyncId::ROOT {
+                let async_id = self.async_id.get();
+                if async_id == AsyncId::ROOT {
                     Resource::root()
                 } else {
-                    Resource::new(exec)
+                    Resource::new(async_id, self.trigger_id.get(), self.ty.get())
                 }
             }
         };
@@ -200,4 +171,39 @@ pub fn trigger_async_id() -> AsyncId {
 /// ```
 pub fn execution_async_resource() -> Resource {
     try_with_state(ThreadState::current_resource).unwrap_or_else(Resource::root)
+}
+
+/// A running execution: the thread is switched to a context (swapped in) and `before` has fired;
+/// dropping it fires `after` and swaps the caller's context back — also during a panic.
+pub(crate) struct Entered<'a> {
+    state: &'a ThreadState,
+    ctx: &'a mut ExecContext,
+    events: bool,
+}
+
+impl<'a> Entered<'a> {
+    /// Enters `ctx`. With `events`, `before`/`after` fire (a poll or a scoped call); without, the
+    /// switch is silent (dropping a future inside its own context).
+    #[inline]
+    pub(crate) fn enter(
+        state: &'a ThreadState,
+        ctx: &'a mut ExecContext,
+        events: bool,
+    ) -> Entered<'a> {
+        state.swap(ctx);
+        if events {
+            hooks::emit_id(state, Kind::Before, state.async_id.get());
+        }
+        Entered { state, ctx, events }
+    }
+}
+
+impl Drop for Entered<'_> {
+    #[inline]
+    fn drop(&mut self) {
+        if self.events {
+            hooks::emit_id(self.state, Kind::After, self.state.async_id.get());
+        }
+        self.state.swap(self.ctx);
+    }
 }

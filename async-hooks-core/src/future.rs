@@ -5,10 +5,9 @@ use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
-use crate::context::{ExecIds, Saved, ThreadState, try_with_state, with_state};
-use crate::hooks::{self, Event, Kind};
-use crate::resource::{Resource, ResourceCore, ResourceType};
-use crate::storage::Frame;
+use crate::context::{Entered, ExecContext, ThreadState, try_with_state, with_state};
+use crate::hooks::{self, Kind};
+use crate::resource::ResourceType;
 
 /// The type of resources made by `bind!` and [`BindContext::bind_context`] without a type name.
 #[doc(hidden)]
@@ -31,9 +30,8 @@ pin_project_lite::pin_project! {
     pub struct Instrumented<F> {
         #[pin]
         inner: Option<F>,
-        exec: ExecIds,
-        frame: Frame,
-        handle: Option<Resource>,
+        // The resource's context; during a poll it holds the caller's instead (swapped).
+        ctx: ExecContext,
     }
 
     impl<F> PinnedDrop for Instrumented<F> {
@@ -41,14 +39,14 @@ pin_project_lite::pin_project! {
             let mut this = this.project();
             if this.inner.is_some() {
                 let dropped_in_context = try_with_state(|state| {
-                    let _switch = Switch::enter(state, *this.exec, this.handle, this.frame, false);
+                    let _entered = Entered::enter(state, this.ctx, false);
                     this.inner.set(None);
                 });
                 if dropped_in_context.is_none() {
                     this.inner.set(None);
                 }
             }
-            hooks::emit_from_drop(Event::Destroy(this.exec.async_id));
+            hooks::emit_destroy(this.ctx.async_id);
         }
     }
 }
@@ -63,12 +61,9 @@ impl<F> Instrumented<F> {
 
     #[inline]
     fn create(state: &ThreadState, ty: &'static ResourceType, future: F) -> Instrumented<F> {
-        let (core, handle) = ResourceCore::create(state, ty, None);
         Instrumented {
             inner: Some(future),
-            exec: core.exec,
-            frame: core.frame,
-            handle,
+            ctx: ExecContext::create(state, ty, None),
         }
     }
 
@@ -81,7 +76,7 @@ impl<F> Instrumented<F> {
     /// assert!(fut.async_id() > AsyncId::ROOT);
     /// ```
     pub fn async_id(&self) -> crate::AsyncId {
-        self.exec.async_id
+        self.ctx.async_id
     }
 
     /// The id of the execution that created this resource.
@@ -92,7 +87,7 @@ impl<F> Instrumented<F> {
     /// assert_eq!(async { 1 }.bind_context().trigger_async_id(), AsyncId::ROOT);
     /// ```
     pub fn trigger_async_id(&self) -> crate::AsyncId {
-        self.exec.trigger_id
+        self.ctx.trigger_id
     }
 }
 
@@ -106,13 +101,13 @@ impl<F: Future> Future for Instrumented<F> {
             panic!("`Instrumented` future polled after it returned `Poll::Ready`");
         }
         with_state(|state| {
-            let _switch = Switch::enter(state, *this.exec, this.handle, this.frame, true);
+            let _entered = Entered::enter(state, this.ctx, true);
             let Some(inner) = this.inner.as_mut().as_pin_mut() else {
                 unreachable!("checked above")
             };
             let poll = inner.poll(cx);
             if poll.is_ready() {
-                hooks::emit(state, Event::PromiseResolve(this.exec.async_id));
+                hooks::emit_id(state, Kind::PromiseResolve, state.execution_async_id());
                 // Drop the finished state machine now, inside the resource's context.
                 this.inner.set(None);
             }
@@ -124,60 +119,10 @@ impl<F: Future> Future for Instrumented<F> {
 impl<F> fmt::Debug for Instrumented<F> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Instrumented")
-            .field("type", &self.exec.ty.name())
-            .field("async_id", &self.exec.async_id)
-            .field("trigger_async_id", &self.exec.trigger_id)
+            .field("type", &self.ctx.ty.name())
+            .field("async_id", &self.ctx.async_id)
+            .field("trigger_async_id", &self.ctx.trigger_id)
             .finish_non_exhaustive()
-    }
-}
-
-/// The thread switched to a future's resource for one poll (or its drop). The future's handle and
-/// frame move into the thread and back, so a poll costs no refcount traffic, and what the poll
-/// did to them (a handle materialised, an `enter_with`) stays with the future.
-struct Switch<'a> {
-    state: &'a ThreadState,
-    async_id: crate::AsyncId,
-    handle: &'a mut Option<Resource>,
-    frame: &'a mut Frame,
-    saved: Option<Saved>,
-    events: bool,
-}
-
-impl<'a> Switch<'a> {
-    #[inline]
-    fn enter(
-        state: &'a ThreadState,
-        exec: ExecIds,
-        handle: &'a mut Option<Resource>,
-        frame: &'a mut Frame,
-        events: bool,
-    ) -> Switch<'a> {
-        let saved = state.enter(exec, handle.take(), std::mem::take(frame));
-        if events {
-            hooks::emit(state, Event::Before(exec.async_id));
-        }
-        Switch {
-            state,
-            async_id: exec.async_id,
-            handle,
-            frame,
-            saved: Some(saved),
-            events,
-        }
-    }
-}
-
-impl Drop for Switch<'_> {
-    #[inline]
-    fn drop(&mut self) {
-        if self.events {
-            hooks::emit(self.state, Event::After(self.async_id));
-        }
-        if let Some(saved) = self.saved.take() {
-            let (handle, frame) = self.state.leave(saved);
-            *self.handle = handle;
-            *self.frame = frame;
-        }
     }
 }
 

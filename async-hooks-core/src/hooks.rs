@@ -612,10 +612,31 @@ pub(crate) fn emit(state: &ThreadState, event: Event<'_>) {
     }
 }
 
-/// Emits `event` from a drop path, where the thread's locals may already be gone.
+/// Emits a `before`/`after`/`destroy`/`promise_resolve` event: the fast path builds nothing.
 #[inline]
-pub(crate) fn emit_from_drop(event: Event<'_>) {
-    try_with_state(|state| emit(state, event));
+pub(crate) fn emit_id(state: &ThreadState, kind: Kind, async_id: AsyncId) {
+    if wants(state, kind) {
+        dispatch_id(state, kind, async_id);
+    }
+}
+
+#[cold]
+#[inline(never)]
+fn dispatch_id(state: &ThreadState, kind: Kind, async_id: AsyncId) {
+    let event = match kind {
+        Kind::Before => Event::Before(async_id),
+        Kind::After => Event::After(async_id),
+        Kind::Destroy => Event::Destroy(async_id),
+        Kind::PromiseResolve => Event::PromiseResolve(async_id),
+        Kind::Init => unreachable!("init carries a resource: use `emit`"),
+    };
+    dispatch(state, event);
+}
+
+/// Emits `destroy` from a drop path, where the thread's locals may already be gone.
+#[inline]
+pub(crate) fn emit_destroy(async_id: AsyncId) {
+    try_with_state(|state| emit_id(state, Kind::Destroy, async_id));
 }
 
 #[cold]

@@ -7,11 +7,10 @@ use std::fmt;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, LazyLock, Mutex, PoisonError};
 
-use crate::context::{ExecIds, Saved, ThreadState, with_state};
+use crate::context::{Entered, ExecContext, ThreadState, with_state};
 use crate::error::{Error, ErrorKind};
 use crate::hooks::{self, Event, Kind};
 use crate::id::{self, AsyncId};
-use crate::storage::Frame;
 
 /// A resource type (Node's "provider"): a name with a stable numeric id, registered in
 /// [`async_wrap_providers`] the first time a resource of that type is created.
@@ -162,12 +161,16 @@ struct ResourceInner {
 }
 
 impl Resource {
-    pub(crate) fn new(exec: ExecIds) -> Resource {
+    pub(crate) fn new(
+        async_id: AsyncId,
+        trigger_async_id: AsyncId,
+        ty: &'static ResourceType,
+    ) -> Resource {
         Resource {
             inner: Arc::new(ResourceInner {
-                async_id: exec.async_id,
-                trigger_async_id: exec.trigger_id,
-                ty: exec.ty,
+                async_id,
+                trigger_async_id,
+                ty,
                 slots: Mutex::new(Vec::new()),
             }),
         }
@@ -175,13 +178,8 @@ impl Resource {
 
     /// The root resource: the same handle on every thread.
     pub(crate) fn root() -> Resource {
-        static ROOT: LazyLock<Resource> = LazyLock::new(|| {
-            Resource::new(ExecIds {
-                async_id: AsyncId::ROOT,
-                trigger_id: AsyncId::NONE,
-                ty: &ROOT_TYPE,
-            })
-        });
+        static ROOT: LazyLock<Resource> =
+            LazyLock::new(|| Resource::new(AsyncId::ROOT, AsyncId::NONE, &ROOT_TYPE));
         ROOT.clone()
     }
 
@@ -310,53 +308,53 @@ impl fmt::Debug for Resource {
     }
 }
 
-/// What every resource is made of: its ids and type, and the storage frame captured when it was
-/// created. Shared by `AsyncResource`, instrumented futures and bound closures.
-pub(crate) struct ResourceCore {
-    pub(crate) exec: ExecIds,
-    pub(crate) frame: Frame,
-}
-
-impl ResourceCore {
+impl ExecContext {
     /// Creates a resource on this thread: allocates its id, captures the storage frame and fires
-    /// `init` in the creator's context. Returns the handle if `init` needed one.
+    /// `init` in the creator's context. The handle is made only if an `init` hook needs it.
     #[inline]
     pub(crate) fn create(
         state: &ThreadState,
         ty: &'static ResourceType,
         trigger: Option<AsyncId>,
-    ) -> (ResourceCore, Option<Resource>) {
+    ) -> ExecContext {
         ty.register();
-        let exec = ExecIds {
-            async_id: state.ids.allocate(),
-            trigger_id: trigger.unwrap_or_else(|| state.execution_async_id()),
+        let async_id = state.ids.allocate();
+        let trigger_id = trigger.unwrap_or_else(|| state.execution_async_id());
+        let frame = state.capture_frame();
+        let handle = if hooks::wants(state, Kind::Init) {
+            Some(emit_init(state, async_id, trigger_id, ty))
+        } else {
+            None
+        };
+        ExecContext {
+            async_id,
+            trigger_id,
             ty,
-        };
-        let core = ResourceCore {
-            exec,
-            frame: state.capture_frame(),
-        };
-        let handle = core.emit_init(state);
-        (core, handle)
-    }
-
-    #[inline]
-    fn emit_init(&self, state: &ThreadState) -> Option<Resource> {
-        if !hooks::wants(state, Kind::Init) {
-            return None;
+            handle,
+            frame,
         }
-        let handle = Resource::new(self.exec);
-        hooks::emit(
-            state,
-            Event::Init {
-                async_id: self.exec.async_id,
-                type_name: self.exec.ty.name,
-                trigger_async_id: self.exec.trigger_id,
-                resource: &handle,
-            },
-        );
-        Some(handle)
     }
+}
+
+#[cold]
+#[inline(never)]
+fn emit_init(
+    state: &ThreadState,
+    async_id: AsyncId,
+    trigger_id: AsyncId,
+    ty: &'static ResourceType,
+) -> Resource {
+    let handle = Resource::new(async_id, trigger_id, ty);
+    hooks::emit(
+        state,
+        Event::Init {
+            async_id,
+            type_name: ty.name,
+            trigger_async_id: trigger_id,
+            resource: &handle,
+        },
+    );
+    handle
 }
 
 /// Options for [`AsyncResource::with_options`], Node's `new AsyncResource(type, options)`.
@@ -401,11 +399,10 @@ pub struct AsyncResourceOptions {
 /// assert_eq!(seen, 7);
 /// ```
 pub struct AsyncResource {
-    core: ResourceCore,
-    /// Materialised up front (unlike a future's): an `AsyncResource` is shared (`&self`, `Sync`),
-    /// so a lazily made handle could differ between threads or between `resource()` and the
-    /// running scope.
-    handle: Resource,
+    /// Its handle is materialised up front (unlike a future's): an `AsyncResource` is shared
+    /// (`&self`, `Sync`), so a lazily made handle could differ between threads or between
+    /// `resource()` and the running scope.
+    ctx: ExecContext,
     destroyed: AtomicBool,
     manual_destroy: bool,
 }
@@ -466,10 +463,8 @@ impl AsyncResource {
                 ));
             }
             let ty = ResourceType::intern(type_name);
-            let (core, handle) = ResourceCore::create(state, ty, options.trigger_async_id);
             Ok(AsyncResource {
-                handle: handle.unwrap_or_else(|| Resource::new(core.exec)),
-                core,
+                ctx: materialised(ExecContext::create(state, ty, options.trigger_async_id)),
                 destroyed: AtomicBool::new(false),
                 manual_destroy: options.require_manual_destroy,
             })
@@ -479,14 +474,10 @@ impl AsyncResource {
     /// A resource of a static type, for `bind!` (which declares the type at the call site).
     #[doc(hidden)]
     pub fn __with_type(ty: &'static ResourceType) -> AsyncResource {
-        with_state(|state| {
-            let (core, handle) = ResourceCore::create(state, ty, None);
-            AsyncResource {
-                handle: handle.unwrap_or_else(|| Resource::new(core.exec)),
-                core,
-                destroyed: AtomicBool::new(false),
-                manual_destroy: false,
-            }
+        with_state(|state| AsyncResource {
+            ctx: materialised(ExecContext::create(state, ty, None)),
+            destroyed: AtomicBool::new(false),
+            manual_destroy: false,
         })
     }
 
@@ -503,7 +494,8 @@ impl AsyncResource {
     /// ```
     pub fn run_in_async_scope<R>(&self, f: impl FnOnce() -> R) -> R {
         with_state(|state| {
-            let _scope = Scope::enter(state, self);
+            let mut ctx = self.ctx.clone();
+            let _entered = Entered::enter(state, &mut ctx, true);
             f()
         })
     }
@@ -525,11 +517,11 @@ impl AsyncResource {
                 format!(
                     "emit_destroy() was already called for async id {}; call it at most once \
                      (dropping the resource afterwards emits nothing more)",
-                    self.core.exec.async_id
+                    self.ctx.async_id
                 ),
             ));
         }
-        hooks::emit_from_drop(Event::Destroy(self.core.exec.async_id));
+        hooks::emit_destroy(self.ctx.async_id);
         Ok(self)
     }
 
@@ -540,7 +532,7 @@ impl AsyncResource {
     /// assert!(AsyncResource::new("Job").async_id() > AsyncId::ROOT);
     /// ```
     pub fn async_id(&self) -> AsyncId {
-        self.core.exec.async_id
+        self.ctx.async_id
     }
 
     /// The id of the execution that created this resource (or the explicit trigger).
@@ -550,7 +542,7 @@ impl AsyncResource {
     /// assert_eq!(AsyncResource::new("Job").trigger_async_id(), AsyncId::ROOT);
     /// ```
     pub fn trigger_async_id(&self) -> AsyncId {
-        self.core.exec.trigger_id
+        self.ctx.trigger_id
     }
 
     /// The [`Resource`] handle: the one `init` hooks saw and `execution_async_resource()`
@@ -562,7 +554,10 @@ impl AsyncResource {
     /// assert_eq!(r.run_in_async_scope(execution_async_resource), r.resource());
     /// ```
     pub fn resource(&self) -> Resource {
-        self.handle.clone()
+        self.ctx
+            .handle
+            .clone()
+            .expect("an AsyncResource's handle is made at creation")
     }
 
     /// The type name given at creation.
@@ -572,14 +567,14 @@ impl AsyncResource {
     /// assert_eq!(AsyncResource::new("Job").type_name(), "Job");
     /// ```
     pub fn type_name(&self) -> &'static str {
-        self.core.exec.ty.name
+        self.ctx.ty.name
     }
 }
 
 impl Drop for AsyncResource {
     fn drop(&mut self) {
         if !self.manual_destroy && !*self.destroyed.get_mut() {
-            hooks::emit_from_drop(Event::Destroy(self.core.exec.async_id));
+            hooks::emit_destroy(self.ctx.async_id);
         }
     }
 }
@@ -594,37 +589,10 @@ impl fmt::Debug for AsyncResource {
     }
 }
 
-/// A running `run_in_async_scope`: switched in on creation, `after` and switched back on drop.
-struct Scope<'a> {
-    state: &'a ThreadState,
-    resource: &'a AsyncResource,
-    saved: Option<Saved>,
-}
-
-impl<'a> Scope<'a> {
-    #[inline]
-    fn enter(state: &'a ThreadState, resource: &'a AsyncResource) -> Scope<'a> {
-        let saved = state.enter(
-            resource.core.exec,
-            Some(resource.handle.clone()),
-            resource.core.frame.clone(),
-        );
-        let scope = Scope {
-            state,
-            resource,
-            saved: Some(saved),
-        };
-        hooks::emit(state, Event::Before(resource.core.exec.async_id));
-        scope
+/// Gives a context its handle now, if `init` did not.
+fn materialised(mut ctx: ExecContext) -> ExecContext {
+    if ctx.handle.is_none() {
+        ctx.handle = Some(Resource::new(ctx.async_id, ctx.trigger_id, ctx.ty));
     }
-}
-
-impl Drop for Scope<'_> {
-    #[inline]
-    fn drop(&mut self) {
-        hooks::emit(self.state, Event::After(self.resource.core.exec.async_id));
-        if let Some(saved) = self.saved.take() {
-            drop(self.state.leave(saved));
-        }
-    }
+    ctx
 }
