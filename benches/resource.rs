@@ -12,6 +12,10 @@ use criterion::{Criterion, criterion_group, criterion_main};
 
 static EVENTS: AtomicU64 = AtomicU64::new(0);
 
+tokio::task_local! {
+    static TASK_LOCAL: u64;
+}
+
 fn counting_hook() -> async_hooks::AsyncHook {
     let count = |_| {
         EVENTS.fetch_add(1, Ordering::Relaxed);
@@ -63,6 +67,9 @@ fn lifecycles(c: &mut Criterion) {
 
     group.bench_function("plain future poll to ready", |b| {
         b.iter(|| poll_once(async { black_box(1u64) + 1 }))
+    });
+    group.bench_function("tokio task_local scope future create+poll+drop", |b| {
+        b.iter(|| poll_once(TASK_LOCAL.scope(black_box(1), async { black_box(1u64) + 1 })))
     });
     group.bench_function("bind_context future create+poll+drop, no hook", |b| {
         b.iter(|| poll_once(async { black_box(1u64) + 1 }.bind_context()))

@@ -105,7 +105,7 @@ impl ThreadState {
     }
 
     /// A clone of the current storage frame (O(1): one refcount increment, none when empty).
-    #[inline]
+    #[inline(always)]
     pub(crate) fn capture_frame(&self) -> Frame {
         let frame = self.frame.take();
         let copy = frame.clone();

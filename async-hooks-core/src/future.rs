@@ -59,7 +59,7 @@ impl<F> Instrumented<F> {
         with_state(|state| Instrumented::create(state, ty, future))
     }
 
-    #[inline]
+    #[inline(always)]
     fn create(state: &ThreadState, ty: &'static ResourceType, future: F) -> Instrumented<F> {
         Instrumented {
             inner: Some(future),
@@ -167,7 +167,7 @@ pub trait BindContext: Future + Sized {
     /// ```
     fn bind_context_as(self, type_name: &str) -> Instrumented<Self> {
         with_state(|state| {
-            if type_name.is_empty() && hooks::wants(state, Kind::Init) {
+            if type_name.is_empty() && hooks::wants(Kind::Init) {
                 panic!(
                     "{}",
                     crate::Error::new(

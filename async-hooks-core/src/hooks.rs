@@ -564,8 +564,6 @@ impl Registry {
 
 /// A thread's view of the registry.
 pub(crate) struct ThreadHooks {
-    /// How many dispatches are running on this thread (nested events raised by callbacks).
-    depth: Cell<u32>,
     version: Cell<u64>,
     table: RefCell<Option<Arc<HookTable>>>,
     /// The event whose callback is running, for the fatal-panic report.
@@ -575,7 +573,6 @@ pub(crate) struct ThreadHooks {
 impl ThreadHooks {
     pub(crate) const fn new() -> Self {
         ThreadHooks {
-            depth: Cell::new(0),
             version: Cell::new(0),
             table: RefCell::new(None),
             in_callback: Cell::new(None),
@@ -597,17 +594,29 @@ impl ThreadHooks {
     }
 }
 
+thread_local! {
+    /// How many dispatches are running on this thread (nested events raised by callbacks). Kept
+    /// out of `ThreadState`: a `Drop`-free `const` thread-local is one plain load, so the
+    /// `destroy` fast path of a dropped resource touches nothing else.
+    static DEPTH: Cell<u32> = const { Cell::new(0) };
+}
+
+#[inline(always)]
+fn depth() -> u32 {
+    DEPTH.with(Cell::get)
+}
+
 /// Whether an event of `kind` would reach any hook on this thread. One relaxed load when no hook
 /// is enabled and the thread is not dispatching.
 #[inline]
-pub(crate) fn wants(state: &ThreadState, kind: Kind) -> bool {
-    COUNTS[kind as usize].load(Ordering::Relaxed) != 0 || state.hooks.depth.get() != 0
+pub(crate) fn wants(kind: Kind) -> bool {
+    COUNTS[kind as usize].load(Ordering::Relaxed) != 0 || depth() != 0
 }
 
 /// Emits `event` on this thread: a no-op unless some hook wants it.
 #[inline]
 pub(crate) fn emit(state: &ThreadState, event: Event<'_>) {
-    if wants(state, event.kind()) {
+    if wants(event.kind()) {
         dispatch(state, event);
     }
 }
@@ -615,7 +624,7 @@ pub(crate) fn emit(state: &ThreadState, event: Event<'_>) {
 /// Emits a `before`/`after`/`destroy`/`promise_resolve` event: the fast path builds nothing.
 #[inline]
 pub(crate) fn emit_id(state: &ThreadState, kind: Kind, async_id: AsyncId) {
-    if wants(state, kind) {
+    if wants(kind) {
         dispatch_id(state, kind, async_id);
     }
 }
@@ -636,14 +645,17 @@ fn dispatch_id(state: &ThreadState, kind: Kind, async_id: AsyncId) {
 /// Emits `destroy` from a drop path, where the thread's locals may already be gone.
 #[inline]
 pub(crate) fn emit_destroy(async_id: AsyncId) {
-    try_with_state(|state| emit_id(state, Kind::Destroy, async_id));
+    if wants(Kind::Destroy) {
+        try_with_state(|state| dispatch_id(state, Kind::Destroy, async_id));
+    }
 }
 
 #[cold]
 #[inline(never)]
 fn dispatch(state: &ThreadState, event: Event<'_>) {
     let hooks = &state.hooks;
-    if hooks.depth.get() == 0 {
+    let depth = depth();
+    if depth == 0 {
         hooks.refresh();
     }
     // Only `refresh` borrows mutably, and only at depth 0, never while callbacks run.
@@ -655,8 +667,8 @@ fn dispatch(state: &ThreadState, event: Event<'_>) {
     if list.is_empty() {
         return;
     }
-    hooks.depth.set(hooks.depth.get() + 1);
-    let _depth = DepthGuard(hooks);
+    DEPTH.with(|d| d.set(depth + 1));
+    let _depth = DepthGuard;
     for hook in list {
         let outer = hooks
             .in_callback
@@ -669,11 +681,11 @@ fn dispatch(state: &ThreadState, event: Event<'_>) {
     }
 }
 
-struct DepthGuard<'a>(&'a ThreadHooks);
+struct DepthGuard;
 
-impl Drop for DepthGuard<'_> {
+impl Drop for DepthGuard {
     fn drop(&mut self) {
-        self.0.depth.set(self.0.depth.get() - 1);
+        DEPTH.with(|d| d.set(d.get() - 1));
     }
 }
 

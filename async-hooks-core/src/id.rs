@@ -79,7 +79,7 @@ impl IdBlock {
         IdBlock(Cell::new((0, 0)))
     }
 
-    #[inline]
+    #[inline(always)]
     pub(crate) fn allocate(&self) -> AsyncId {
         let (next, end) = self.0.get();
         if next < end {
