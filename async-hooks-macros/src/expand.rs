@@ -1,6 +1,6 @@
 //! Code generation for `#[async_resource]` and `bind!`.
 
-use proc_macro2::{Span, TokenStream, TokenTree};
+use proc_macro2::{Delimiter, Group, Span, TokenStream, TokenTree};
 use quote::{format_ident, quote, quote_spanned};
 use syn::ext::IdentExt;
 use syn::parse::{Parse, ParseStream};
@@ -83,8 +83,11 @@ pub(crate) fn async_resource(args: TokenStream, item: TokenStream) -> syn::Resul
                     subpat: None,
                     ..
                 }) if ident != "self" => {
+                    // The argument's attributes (`#[allow(unused_mut)]`, `#[cfg]`) apply to the
+                    // binding the body sees.
+                    let attrs = &pat_type.attrs;
                     let mutability = mutability.take();
-                    moves.push(quote!(let #mutability #ident = #ident;));
+                    moves.push(quote!(#(#attrs)* let #mutability #ident = #ident;));
                 }
                 pat => {
                     let arg = format_ident!("__async_hooks_arg{}", index);
@@ -98,8 +101,9 @@ pub(crate) fn async_resource(args: TokenStream, item: TokenStream) -> syn::Resul
                             subpat: None,
                         }),
                     );
-                    moves.push(quote!(let #arg = #arg;));
-                    moves.push(quote!(let #user_pat = #arg;));
+                    let attrs = &pat_type.attrs;
+                    moves.push(quote!(#(#attrs)* let #arg = #arg;));
+                    moves.push(quote!(#(#attrs)* let #user_pat = #arg;));
                 }
             },
         }
@@ -150,9 +154,17 @@ pub(crate) fn async_resource(args: TokenStream, item: TokenStream) -> syn::Resul
             }
         },
     };
-    sig.output = syn::parse_quote! {
-        -> impl ::core::future::Future<Output = #output>
+    // `impl` has the macro's span, hence edition 2024 (the edition of this crate) whatever the
+    // caller's edition: the opaque type captures every lifetime in scope, including elided
+    // ones, as `async fn` does. The closing `>` has the user's span, so the fn's span stays in
+    // the user's code and lints about the fn (such as `dead_code`) still fire.
+    let close_span = match &sig.output {
+        ReturnType::Type(_, ty) => ty.span(),
+        ReturnType::Default => sig.paren_token.span.close(),
     };
+    let mut new_output = quote!(-> impl ::core::future::Future<Output = #output);
+    new_output.extend(quote_spanned!(close_span=> >));
+    sig.output = syn::parse2(new_output)?;
 
     let body = quote_spanned! {brace.join()=>
         {
@@ -165,14 +177,21 @@ pub(crate) fn async_resource(args: TokenStream, item: TokenStream) -> syn::Resul
     let vis = func.vis;
     let defaultness = func.defaultness;
     let async_block = quote_spanned!(brace.join()=> async move #body);
-    Ok(quote! {
-        #(#attrs)*
-        #vis #defaultness #sig {
+    // The fn's braces keep the user's span (the item's span then lies in the user's code, so
+    // `dead_code` and other item lints still fire); what is inside has the macro's.
+    let mut fn_body = Group::new(
+        Delimiter::Brace,
+        quote! {
             #(#inner_attrs)*
             static __ASYNC_HOOKS_TYPE: #krate::__private::ResourceType =
                 #krate::__private::ResourceType::new(#type_name);
             #krate::__private::Instrumented::new(&__ASYNC_HOOKS_TYPE, #async_block)
-        }
+        },
+    );
+    fn_body.set_span(brace.join());
+    Ok(quote! {
+        #(#attrs)*
+        #vis #defaultness #sig #fn_body
     })
 }
 
