@@ -63,9 +63,21 @@ async fn handler(step: u32) -> (Option<String>, u32, AsyncId, AsyncId) {
     (seen, step, me, trigger_async_id())
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn tokio_multi_thread_keeps_each_request_store() {
+fn multi_thread() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+#[test]
+fn tokio_multi_thread_keeps_each_request_store() {
     let _serial = serial();
+    multi_thread().block_on(tokio_multi_thread_keeps_each_request_store_async());
+}
+
+async fn tokio_multi_thread_keeps_each_request_store_async() {
     let mut tasks = Vec::new();
     for n in 0..8u32 {
         let name = format!("req-{n}");
@@ -94,9 +106,13 @@ async fn tokio_multi_thread_keeps_each_request_store() {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn tokio_spawn_counts_exactly_one_resource_per_call() {
+#[test]
+fn tokio_spawn_counts_exactly_one_resource_per_call() {
     let _serial = serial();
+    multi_thread().block_on(tokio_spawn_counts_exactly_one_resource_per_call_async());
+}
+
+async fn tokio_spawn_counts_exactly_one_resource_per_call_async() {
     let events = Arc::new(Mutex::new(Vec::new()));
     let (init, destroy) = (events.clone(), events.clone());
     let hook = create_hook(
@@ -118,9 +134,17 @@ async fn tokio_spawn_counts_exactly_one_resource_per_call() {
     assert_eq!(events, [format!("init {id}"), format!("destroy {id}")]);
 }
 
-#[tokio::test(flavor = "current_thread")]
-async fn tokio_current_thread_interleaves_requests() {
+#[test]
+fn tokio_current_thread_interleaves_requests() {
     let _serial = serial();
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(tokio_current_thread_interleaves_requests_async());
+}
+
+async fn tokio_current_thread_interleaves_requests_async() {
     let a = REQUEST.run("a".to_string(), || tokio::spawn(handler(1)));
     let b = REQUEST.run("b".to_string(), || tokio::spawn(handler(2)));
     assert_eq!(b.await.unwrap().0.as_deref(), Some("b"));
