@@ -2,7 +2,10 @@
 
 use std::sync::Arc;
 
-use async_hooks::{async_resource, bind, execution_async_id, execution_async_resource, AsyncId};
+use async_hooks::{
+    async_resource, execution_async_id, execution_async_resource, trigger_async_id, AsyncId,
+    AsyncResource,
+};
 use async_hooks_edition2021_tests::{bound_adder, first_word, join, total, Counter, Greeter};
 use futures::executor::block_on;
 
@@ -36,16 +39,26 @@ fn methods_with_every_receiver() {
     assert_eq!(block_on(c.into_inner()), 2);
 }
 
+#[async_resource(type = "Ids")]
+async fn ids(_borrowed: &str) -> (AsyncId, AsyncId, &'static str) {
+    (
+        execution_async_id(),
+        trigger_async_id(),
+        execution_async_resource().type_name(),
+    )
+}
+
 #[test]
-fn the_resource_exists_at_the_call() {
-    let c = Counter { n: 1 };
-    let fut = c.get();
-    // Not polled yet; the id it runs under is a fresh one, not the caller's.
-    let inner = block_on(async {
-        let id = bind!(async { execution_async_id() }).await;
-        drop(fut);
-        id
-    });
-    assert!(inner > AsyncId::ROOT);
-    assert_eq!(bound_adder(2)(3), 5);
+fn the_resource_is_created_at_the_call_by_the_caller() {
+    let request = AsyncResource::new("Request");
+    let text = String::from("x");
+    let fut = request.run_in_async_scope(|| ids(&text));
+    // Polled outside the request's scope, the future still runs as its own resource
+    // triggered by the request.
+    let (me, trigger, ty) = block_on(fut);
+    assert_eq!(trigger, request.async_id());
+    assert!(me > request.async_id());
+    assert_eq!(ty, "Ids");
+    let adder = bound_adder(2);
+    assert_eq!(adder(3), 5);
 }
