@@ -120,18 +120,24 @@ fn parse_one(input: ParseStream, mac: Macro, options: &mut Options) -> syn::Resu
             ),
         ));
     }
+    let example = if name == "type" {
+        "type = \"Name\""
+    } else {
+        "crate = ::async_hooks"
+    };
     if !input.peek(Token![=]) {
-        let example = if name == "type" {
-            "type = \"Name\""
-        } else {
-            "crate = ::async_hooks"
-        };
         return Err(syn::Error::new(
             key.span(),
             format!("option `{name}` needs a value: write `{example}`"),
         ));
     }
-    input.parse::<Token![=]>()?;
+    let eq = input.parse::<Token![=]>()?;
+    if input.is_empty() || input.peek(Token![,]) {
+        return Err(syn::Error::new(
+            eq.span,
+            format!("option `{name}` needs a value after `=`: write `{example}`"),
+        ));
+    }
     let value: Expr = input.parse()?;
     if name == "type" {
         if options.type_name.is_some() {
