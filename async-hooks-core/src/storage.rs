@@ -71,7 +71,17 @@ impl Frame {
     fn with(&self, key: u64, value: Option<Option<Value>>) -> Frame {
         let entries = self.entries();
         let position = entries.binary_search_by_key(&key, |e| e.key);
-        let mut next: Vec<Entry> = Vec::with_capacity(entries.len() + 1);
+        let len = match (position, &value) {
+            (Ok(_), Some(_)) => entries.len(),
+            (Ok(_), None) => entries.len() - 1,
+            (Err(_), Some(_)) => entries.len() + 1,
+            (Err(_), None) => return self.clone(),
+        };
+        if len == 0 {
+            return Frame(None);
+        }
+        // Exact capacity: `into_boxed_slice` then keeps the buffer instead of reallocating.
+        let mut next: Vec<Entry> = Vec::with_capacity(len);
         match (position, value) {
             (Ok(i), Some(value)) => {
                 next.extend_from_slice(entries);
@@ -86,15 +96,11 @@ impl Frame {
                 next.push(Entry { key, value });
                 next.extend_from_slice(&entries[i..]);
             }
-            (Err(_), None) => return self.clone(),
+            (Err(_), None) => unreachable!("returned above"),
         }
-        if next.is_empty() {
-            Frame(None)
-        } else {
-            Frame(Some(Arc::new(FrameData {
-                entries: next.into_boxed_slice(),
-            })))
-        }
+        Frame(Some(Arc::new(FrameData {
+            entries: next.into_boxed_slice(),
+        })))
     }
 
     fn ptr_eq(&self, other: &Frame) -> bool {
@@ -657,6 +663,83 @@ impl Drop for FrameRestore<'_> {
     fn drop(&mut self) {
         if let Some(previous) = self.previous.take() {
             self.state.set_frame(previous);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn keys_and_values(frame: &Frame) -> Vec<(u64, Option<u64>)> {
+        frame
+            .entries()
+            .iter()
+            .map(|e| {
+                (
+                    e.key,
+                    e.value.as_ref().map(|v| *v.downcast_ref::<u64>().unwrap()),
+                )
+            })
+            .collect()
+    }
+
+    fn value(v: u64) -> Option<Option<Value>> {
+        Some(Some(Arc::new(v)))
+    }
+
+    #[test]
+    fn frames_stay_sorted_through_inserts_replacements_and_removals() {
+        let mut frame = Frame::EMPTY;
+        // Insert out of order, growing past the inline capacity.
+        for key in [5u64, 1, 3, 2, 4, 6] {
+            frame = frame.with(key, value(key * 10));
+        }
+        assert_eq!(
+            keys_and_values(&frame),
+            [
+                (1, Some(10)),
+                (2, Some(20)),
+                (3, Some(30)),
+                (4, Some(40)),
+                (5, Some(50)),
+                (6, Some(60))
+            ]
+        );
+
+        // Replace, mark exited, and remove back into the inline layout.
+        frame = frame
+            .with(3, value(33))
+            .with(4, Some(None))
+            .with(6, None)
+            .with(1, None);
+        assert_eq!(
+            keys_and_values(&frame),
+            [(2, Some(20)), (3, Some(33)), (4, None), (5, Some(50))]
+        );
+        assert!(frame.lookup(1).is_none());
+        assert!(frame.lookup(4).is_some_and(|e| e.value.is_none()));
+
+        // Removing an absent key shares the frame; removing everything gives the empty frame.
+        assert!(frame.with(99, None).ptr_eq(&frame));
+        let emptied = [2, 3, 4, 5]
+            .into_iter()
+            .fold(frame, |f, key| f.with(key, None));
+        assert!(emptied.0.is_none());
+    }
+
+    #[test]
+    fn lookups_use_binary_search_past_the_linear_threshold() {
+        let frame = (0..100u64)
+            .rev()
+            .fold(Frame::EMPTY, |f, key| f.with(key * 2, value(key)));
+        for key in 0..100u64 {
+            let entry = frame.lookup(key * 2).expect("present");
+            assert_eq!(
+                *entry.value.as_ref().unwrap().downcast_ref::<u64>().unwrap(),
+                key
+            );
+            assert!(frame.lookup(key * 2 + 1).is_none());
         }
     }
 }
