@@ -284,6 +284,8 @@ fn bind_closure(
     }
     // The outer closure has the user's arity and parameter types; the user's closure is kept
     // intact (its captures, `move`-ness and Fn trait) and called inside the resource's scope.
+    // It is bound as `closure` (it cannot see that binding: it is the initializer), so
+    // compiler notes such as "moves the variable `closure`" read naturally.
     let mut params = Vec::new();
     let mut args = Vec::new();
     for (index, input) in closure.inputs.iter().enumerate() {
@@ -301,9 +303,9 @@ fn bind_closure(
         {
             #ty_static
             #[allow(unused_mut)]
-            let mut __async_hooks_f = #closure;
+            let mut closure = #closure;
             let __async_hooks_r = #krate::__private::bound_resource(#ty_ref);
-            move |#(#params),*| __async_hooks_r.run_in_async_scope(|| __async_hooks_f(#(#args),*))
+            move |#(#params),*| __async_hooks_r.run_in_async_scope(|| closure(#(#args),*))
         }
     })
 }

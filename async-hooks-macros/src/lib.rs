@@ -25,8 +25,7 @@ mod validate;
 /// `self: Arc<Self>`), trait-impl methods (the trait may declare `async fn`), generics,
 /// lifetimes, borrowed and `impl Trait` arguments. The returned future is `Send` exactly when
 /// the body's future is. As with `async fn`, every argument moves into the future, even unused
-/// ones, and arguments are dropped when the body finishes (`self`, which cannot be re-bound,
-/// is dropped with the future right after it completes).
+/// ones, and they are dropped in the same order as `async fn` drops them.
 ///
 /// Options: `type = "DBQuery"` (the resource type name; default: the function's name) and
 /// `crate = path` (where `async-hooks` is; default `::async_hooks`).

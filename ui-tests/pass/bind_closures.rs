@@ -30,6 +30,10 @@ fn main() {
     let consume = bind!(move || owned);
     assert_eq!(consume(), vec![1, 2]);
 
+    // The user's closure may capture a variable of any name, even the one bind! uses inside.
+    let closure = 5;
+    assert_eq!(bind!(move || closure + 1)(), 6);
+
     // A closure forwarded through a `macro_rules!` macro still binds.
     macro_rules! forward {
         ($e:expr) => {
