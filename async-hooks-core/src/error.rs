@@ -21,7 +21,18 @@ pub struct Error {
     message: String,
 }
 
-/// What went wrong, as a closed set (one variant per Node error code).
+/// What went wrong, one variant per Node error code.
+///
+/// ```
+/// use async_hooks::{AsyncResource, ErrorKind};
+///
+/// let r = AsyncResource::new("Job");
+/// r.emit_destroy().unwrap();
+/// match r.emit_destroy() {
+///     Err(e) if e.kind() == ErrorKind::InvalidState => {} // destroyed twice: a bug to fix
+///     other => panic!("unexpected: {other:?}"),
+/// }
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[non_exhaustive]
 pub enum ErrorKind {
@@ -36,6 +47,11 @@ pub enum ErrorKind {
 
 impl ErrorKind {
     /// Node's error code for this kind, e.g. `"ERR_ASYNC_TYPE"`.
+    ///
+    /// ```
+    /// # use async_hooks::ErrorKind;
+    /// assert_eq!(ErrorKind::AsyncType.code(), "ERR_ASYNC_TYPE");
+    /// ```
     pub const fn code(self) -> &'static str {
         match self {
             ErrorKind::AsyncType => "ERR_ASYNC_TYPE",

@@ -26,6 +26,25 @@ pin_project_lite::pin_project! {
     ///
     /// An `enter_with` inside a poll stays for the later polls of the same future, as Node keeps
     /// it across `await`.
+    ///
+    /// ```
+    /// use async_hooks::{BindContext, Hooks, create_hook, execution_async_id};
+    /// use std::sync::{Arc, Mutex};
+    ///
+    /// let log = Arc::new(Mutex::new(Vec::new()));
+    /// let (l1, l2) = (log.clone(), log.clone());
+    /// let hook = create_hook(
+    ///     Hooks::new()
+    ///         .init(move |id, ty, _, _| l1.lock().unwrap().push(format!("init {ty}({id})")))
+    ///         .destroy(move |id| l2.lock().unwrap().push(format!("destroy {id}"))),
+    /// )
+    /// .enable();
+    /// let fut = async { execution_async_id() }.bind_context_as("Task"); // init fires here
+    /// let id = fut.async_id();
+    /// assert_eq!(futures::executor::block_on(fut), id); // polled in its own context; dropped
+    /// hook.disable();
+    /// assert_eq!(*log.lock().unwrap(), [format!("init Task({id})"), format!("destroy {id}")]);
+    /// ```
     #[must_use = "futures do nothing unless polled"]
     pub struct Instrumented<F> {
         #[pin]

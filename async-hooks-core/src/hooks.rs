@@ -111,18 +111,53 @@ pub struct EventMask(u8);
 
 impl EventMask {
     /// No event.
+    ///
+    /// ```
+    /// # use async_hooks::EventMask;
+    /// assert!(!EventMask::NONE.contains(EventMask::INIT));
+    /// ```
     pub const NONE: EventMask = EventMask(0);
     /// `init`.
+    ///
+    /// ```
+    /// # use async_hooks::EventMask;
+    /// assert!(EventMask::ALL.contains(EventMask::INIT));
+    /// ```
     pub const INIT: EventMask = EventMask(1 << 0);
     /// `before`.
+    ///
+    /// ```
+    /// # use async_hooks::EventMask;
+    /// assert!(EventMask::ALL.contains(EventMask::BEFORE));
+    /// ```
     pub const BEFORE: EventMask = EventMask(1 << 1);
     /// `after`.
+    ///
+    /// ```
+    /// # use async_hooks::EventMask;
+    /// assert!(EventMask::ALL.contains(EventMask::AFTER));
+    /// ```
     pub const AFTER: EventMask = EventMask(1 << 2);
     /// `destroy`.
+    ///
+    /// ```
+    /// # use async_hooks::EventMask;
+    /// assert!(EventMask::ALL.contains(EventMask::DESTROY));
+    /// ```
     pub const DESTROY: EventMask = EventMask(1 << 3);
     /// `promise_resolve`.
+    ///
+    /// ```
+    /// # use async_hooks::EventMask;
+    /// assert!(EventMask::ALL.contains(EventMask::PROMISE_RESOLVE));
+    /// ```
     pub const PROMISE_RESOLVE: EventMask = EventMask(1 << 4);
     /// Every event.
+    ///
+    /// ```
+    /// # use async_hooks::EventMask;
+    /// assert!(EventMask::ALL.contains(EventMask::INIT | EventMask::PROMISE_RESOLVE));
+    /// ```
     pub const ALL: EventMask = EventMask(0b1_1111);
 
     /// Whether every event of `other` is in `self`.

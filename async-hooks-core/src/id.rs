@@ -26,8 +26,18 @@ pub struct AsyncId(u64);
 
 impl AsyncId {
     /// No context: the trigger id at the top level, or "not set".
+    ///
+    /// ```
+    /// # use async_hooks::{AsyncId, trigger_async_id};
+    /// assert_eq!(trigger_async_id(), AsyncId::NONE);
+    /// ```
     pub const NONE: AsyncId = AsyncId(0);
     /// The top level of any thread, outside every resource.
+    ///
+    /// ```
+    /// # use async_hooks::{AsyncId, execution_async_id};
+    /// assert_eq!(execution_async_id(), AsyncId::ROOT);
+    /// ```
     pub const ROOT: AsyncId = AsyncId(1);
 
     /// Wraps a raw id.

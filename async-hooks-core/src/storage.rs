@@ -10,7 +10,7 @@ use std::fmt;
 use std::future::Future;
 use std::marker::PhantomData;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
 
@@ -56,15 +56,33 @@ impl Frame {
     /// The entry of `key`: `None` if the storage has none in this frame.
     #[inline]
     fn lookup(&self, key: u64) -> Option<&Entry> {
+        self.position(key).map(|i| &self.entries()[i])
+    }
+
+    #[inline]
+    fn position(&self, key: u64) -> Option<usize> {
         let entries = self.entries();
         if entries.len() <= LINEAR_SCAN_MAX {
-            entries.iter().find(|e| e.key == key)
+            entries.iter().position(|e| e.key == key)
         } else {
-            entries
-                .binary_search_by_key(&key, |e| e.key)
-                .ok()
-                .map(|i| &entries[i])
+            entries.binary_search_by_key(&key, |e| e.key).ok()
         }
+    }
+
+    /// Like [`Frame::lookup`], trying position `hint` first and updating it: a storage sits at the
+    /// same position in every frame with the same set of storages, so reads skip the search.
+    #[inline]
+    fn lookup_hinted(&self, key: u64, hint: &AtomicU32) -> Option<&Entry> {
+        let entries = self.entries();
+        let guess = hint.load(Ordering::Relaxed) as usize;
+        if let Some(entry) = entries.get(guess)
+            && entry.key == key
+        {
+            return Some(entry);
+        }
+        let found = self.position(key)?;
+        hint.store(found as u32, Ordering::Relaxed);
+        Some(&entries[found])
     }
 
     /// This frame with `key` set to `entry` (`None`: removed).
@@ -183,13 +201,13 @@ impl Drop for KeyRestore<'_> {
 /// Looks up `key` in the current thread's frame and maps its entry with `f` (which must not run
 /// user code: the frame is out of its cell meanwhile). `None` if the frame has no entry.
 #[inline]
-fn lookup_current<R>(key: u64, f: impl FnOnce(&Option<Value>) -> R) -> Option<R> {
+fn lookup_current<R>(key: u64, hint: &AtomicU32, f: impl FnOnce(&Option<Value>) -> R) -> Option<R> {
     if key == 0 {
         return None;
     }
     try_with_state(|state| {
         let frame = state.frame.take();
-        let found = frame.lookup(key).map(|e| f(&e.value));
+        let found = frame.lookup_hinted(key, hint).map(|e| f(&e.value));
         state.frame.set(frame);
         found
     })
@@ -226,6 +244,8 @@ fn typed<T: Send + Sync + 'static>(value: &Option<Value>) -> Option<Arc<T>> {
 pub struct AsyncLocalStorage<T> {
     /// This storage's key in frames; 0 until first used, and again after `disable()`.
     key: AtomicU64,
+    /// Where this storage's entry was last found in a frame (a hint, checked before use).
+    position_hint: AtomicU32,
     name: Option<&'static str>,
     /// The default store, if any (set once, by `with_default`).
     default_value: OnceLock<Arc<T>>,
@@ -242,6 +262,7 @@ impl<T: Send + Sync + 'static> AsyncLocalStorage<T> {
     pub const fn new() -> AsyncLocalStorage<T> {
         AsyncLocalStorage {
             key: AtomicU64::new(0),
+            position_hint: AtomicU32::new(0),
             name: None,
             default_value: OnceLock::new(),
         }
@@ -330,7 +351,7 @@ impl<T: Send + Sync + 'static> AsyncLocalStorage<T> {
     /// ```
     #[inline]
     pub fn get_store(&self) -> Option<Arc<T>> {
-        match lookup_current(self.read_key(), typed::<T>) {
+        match lookup_current(self.read_key(), &self.position_hint, typed::<T>) {
             Some(value) => value,
             None => self.default_value().cloned(),
         }
@@ -349,7 +370,7 @@ impl<T: Send + Sync + 'static> AsyncLocalStorage<T> {
     pub fn with_store<R>(&self, f: impl FnOnce(Option<&T>) -> R) -> R {
         // The store is cloned out before `f` runs: `f` may change the context (`run`,
         // `enter_with`, polling a future), which must not free the value it is looking at.
-        match lookup_current(self.read_key(), typed::<T>) {
+        match lookup_current(self.read_key(), &self.position_hint, typed::<T>) {
             Some(value) => f(value.as_deref()),
             None => f(self.default_value().map(|v| &**v)),
         }
@@ -526,6 +547,16 @@ impl<T: Send + Sync + 'static> fmt::Debug for AsyncLocalStorage<T> {
 
 /// The guard of [`AsyncLocalStorage::enter_scope`]: restores the storage's previous store when
 /// dropped.
+///
+/// ```
+/// # use async_hooks::AsyncLocalStorage;
+/// static USER: AsyncLocalStorage<&str> = AsyncLocalStorage::new();
+///
+/// let guard = USER.enter_scope("ada");
+/// assert_eq!(USER.get_store().as_deref(), Some(&"ada"));
+/// drop(guard);
+/// assert_eq!(USER.get_store(), None);
+/// ```
 #[must_use = "the store is current only while the guard lives"]
 pub struct StorageGuard<'a, T> {
     entry: Option<KeyEntry>,
@@ -548,7 +579,20 @@ impl<T: Send + Sync + 'static> fmt::Debug for StorageGuard<'_, T> {
 }
 
 pin_project_lite::pin_project! {
-    /// The future returned by [`AsyncLocalStorage::scope`].
+    /// The future returned by [`AsyncLocalStorage::scope`]: the store is current during every
+    /// poll of the inner future, on whatever thread polls it.
+    ///
+    /// ```
+    /// # use async_hooks::AsyncLocalStorage;
+    /// static TRACE: AsyncLocalStorage<u64> = AsyncLocalStorage::new();
+    ///
+    /// let rt = tokio::runtime::Runtime::new().unwrap();
+    /// let seen = rt.block_on(tokio::spawn(TRACE.scope(42, async {
+    ///     tokio::task::yield_now().await;
+    ///     *TRACE.get_store().unwrap()
+    /// })));
+    /// assert_eq!(seen.unwrap(), 42);
+    /// ```
     #[must_use = "futures do nothing unless polled"]
     pub struct Scope<'a, T, F> {
         storage: &'a AsyncLocalStorage<T>,
