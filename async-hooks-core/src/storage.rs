@@ -587,11 +587,12 @@ pin_project_lite::pin_project! {
     /// static TRACE: AsyncLocalStorage<u64> = AsyncLocalStorage::new();
     ///
     /// let rt = tokio::runtime::Runtime::new().unwrap();
-    /// let seen = rt.block_on(tokio::spawn(TRACE.scope(42, async {
+    /// let task = TRACE.scope(42, async {
     ///     tokio::task::yield_now().await;
     ///     *TRACE.get_store().unwrap()
-    /// })));
-    /// assert_eq!(seen.unwrap(), 42);
+    /// });
+    /// let seen = rt.block_on(async { tokio::spawn(task).await.unwrap() });
+    /// assert_eq!(seen, 42);
     /// ```
     #[must_use = "futures do nothing unless polled"]
     pub struct Scope<'a, T, F> {
