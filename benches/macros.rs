@@ -6,15 +6,16 @@
 use std::future::Future;
 use std::hint::black_box;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll, Waker};
 
-use async_hooks::{AsyncLocalStorage, Hooks, async_resource, create_hook};
+use async_hooks::{AsyncLocalStorage, async_resource};
+mod common;
+
+use common::{counting_hook, poll_to_ready};
 use criterion::{Criterion, criterion_group, criterion_main};
 
 static STORE: AsyncLocalStorage<u64> = AsyncLocalStorage::new();
 static SHARED: AsyncLocalStorage<std::sync::Arc<String>> = AsyncLocalStorage::new();
-static EVENTS: AtomicU64 = AtomicU64::new(0);
 
 tokio::task_local! {
     static TASK_LOCAL: u64;
@@ -56,32 +57,6 @@ async fn annotated_forever() {
 #[tracing::instrument]
 async fn instrumented_forever() {
     Forever.await
-}
-
-fn poll_to_ready<F: Future>(fut: F) -> F::Output {
-    let mut fut = std::pin::pin!(fut);
-    let mut cx = Context::from_waker(Waker::noop());
-    loop {
-        if let Poll::Ready(v) = fut.as_mut().poll(&mut cx) {
-            return v;
-        }
-    }
-}
-
-fn counting_hook() -> async_hooks::AsyncHook {
-    let count = |_| {
-        EVENTS.fetch_add(1, Ordering::Relaxed);
-    };
-    create_hook(
-        Hooks::new()
-            .init(|_, _, _, _| {
-                EVENTS.fetch_add(1, Ordering::Relaxed);
-            })
-            .before(count)
-            .after(count)
-            .destroy(count)
-            .promise_resolve(count),
-    )
 }
 
 fn lifecycle(c: &mut Criterion) {

@@ -4,41 +4,16 @@
 //! `cargo bench --bench resource`
 
 use std::hint::black_box;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::task::{Context, Poll};
+use std::sync::atomic::Ordering;
 
-use async_hooks::{AsyncResource, BindContext, Hooks, create_hook};
+use async_hooks::{AsyncResource, BindContext};
+mod common;
+
+use common::{EVENTS, counting_hook, poll_to_ready};
 use criterion::{Criterion, criterion_group, criterion_main};
-
-static EVENTS: AtomicU64 = AtomicU64::new(0);
 
 tokio::task_local! {
     static TASK_LOCAL: u64;
-}
-
-fn counting_hook() -> async_hooks::AsyncHook {
-    let count = |_| {
-        EVENTS.fetch_add(1, Ordering::Relaxed);
-    };
-    create_hook(
-        Hooks::new()
-            .init(|_, _, _, _| {
-                EVENTS.fetch_add(1, Ordering::Relaxed);
-            })
-            .before(count)
-            .after(count)
-            .destroy(count)
-            .promise_resolve(count),
-    )
-}
-
-fn poll_once<F: std::future::Future>(fut: F) -> F::Output {
-    let mut fut = std::pin::pin!(fut);
-    let mut cx = Context::from_waker(std::task::Waker::noop());
-    match fut.as_mut().poll(&mut cx) {
-        Poll::Ready(v) => v,
-        Poll::Pending => panic!("bench futures are ready at once"),
-    }
 }
 
 fn lifecycles(c: &mut Criterion) {
@@ -66,17 +41,17 @@ fn lifecycles(c: &mut Criterion) {
     hook.disable();
 
     group.bench_function("plain future poll to ready", |b| {
-        b.iter(|| poll_once(async { black_box(1u64) + 1 }))
+        b.iter(|| poll_to_ready(async { black_box(1u64) + 1 }))
     });
     group.bench_function("tokio task_local scope future create+poll+drop", |b| {
-        b.iter(|| poll_once(TASK_LOCAL.scope(black_box(1), async { black_box(1u64) + 1 })))
+        b.iter(|| poll_to_ready(TASK_LOCAL.scope(black_box(1), async { black_box(1u64) + 1 })))
     });
     group.bench_function("bind_context future create+poll+drop, no hook", |b| {
-        b.iter(|| poll_once(async { black_box(1u64) + 1 }.bind_context()))
+        b.iter(|| poll_to_ready(async { black_box(1u64) + 1 }.bind_context()))
     });
     let hook = counting_hook().enable();
     group.bench_function("bind_context future create+poll+drop, counting hook", |b| {
-        b.iter(|| poll_once(async { black_box(1u64) + 1 }.bind_context()))
+        b.iter(|| poll_to_ready(async { black_box(1u64) + 1 }.bind_context()))
     });
     hook.disable();
     group.finish();

@@ -117,39 +117,26 @@ pub(crate) fn async_resource(args: TokenStream, item: TokenStream) -> syn::Resul
     // fixed before the user's body is checked, so a mismatch is reported on the user's
     // expression and `?` knows its error type. Skipped when the type mentions `impl Trait`,
     // which a `let` cannot name.
-    let fake_return = match &sig.output {
-        ReturnType::Type(_, ty) if mentions_impl(ty) => quote!(),
-        ReturnType::Type(_, ty) => {
-            let span = ty.span();
-            quote_spanned! {span=>
-                #[allow(
-                    unknown_lints,
-                    unreachable_code,
-                    clippy::diverging_sub_expression,
-                    clippy::empty_loop,
-                    clippy::let_unit_value,
-                    clippy::let_with_type_underscore,
-                    clippy::needless_return,
-                    clippy::unreachable
-                )]
-                if false {
-                    let __async_hooks_fake_return: #ty = loop {};
-                    return __async_hooks_fake_return;
-                }
-            }
-        }
-        ReturnType::Default => quote! {
+    let fake_return_type = match &sig.output {
+        ReturnType::Type(_, ty) if mentions_impl(ty) => None,
+        ReturnType::Type(_, ty) => Some((quote!(#ty), ty.span())),
+        ReturnType::Default => Some((quote!(()), Span::call_site())),
+    };
+    let fake_return = match fake_return_type {
+        None => quote!(),
+        Some((ty, span)) => quote_spanned! {span=>
             #[allow(
                 unknown_lints,
                 unreachable_code,
                 clippy::diverging_sub_expression,
                 clippy::empty_loop,
                 clippy::let_unit_value,
+                clippy::let_with_type_underscore,
                 clippy::needless_return,
                 clippy::unreachable
             )]
             if false {
-                let __async_hooks_fake_return: () = loop {};
+                let __async_hooks_fake_return: #ty = loop {};
                 return __async_hooks_fake_return;
             }
         },
