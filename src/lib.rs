@@ -6,3 +6,10 @@ pub use async_hooks_core::*;
 /// `#[async_resource]` makes an `async fn` an async resource created at each call; `bind!` binds a
 /// closure or an async block to the context current where it is evaluated.
 pub use async_hooks_macros::{async_resource, bind};
+
+pub mod recorder;
+pub use recorder::Recorder;
+#[cfg(feature = "tracing")]
+pub mod tracing_bridge;
+#[cfg(feature = "tracing")]
+pub use tracing_bridge::TracingHook;
