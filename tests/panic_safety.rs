@@ -14,7 +14,7 @@ use async_hooks::{
     AsyncId, AsyncLocalStorage, AsyncResource, BindContext, Snapshot, async_resource, bind,
     execution_async_id, trigger_async_id,
 };
-use events::{Ev, PendingN, destroys_of, events_of, poll_once, recorder, serial};
+use events::{Ev, PendingN, destroys_of, events_of, poll_once, serial};
 
 static STORE: AsyncLocalStorage<u32> = AsyncLocalStorage::new();
 static OTHER: AsyncLocalStorage<u32> = AsyncLocalStorage::new();
@@ -51,7 +51,7 @@ async fn panics_on_second_poll(at: u32) -> u32 {
 #[test]
 fn panic_in_a_polled_async_resource_restores_context_and_fires_after_and_one_destroy() {
     let _serial = serial();
-    let hook = recorder().enable();
+    let _hook = events::record();
     STORE.run(1, || {
         let mut fut = Box::pin(panics_on_second_poll(5));
         let id = events::last_init();
@@ -75,14 +75,13 @@ fn panic_in_a_polled_async_resource_restores_context_and_fires_after_and_one_des
         assert_eq!(destroys_of(id), 1);
         assert_eq!(events_of(id).last(), Some(&Ev::Destroy));
     });
-    hook.disable();
     assert_top_level_sane(None);
 }
 
 #[test]
 fn panic_in_a_poll_on_the_first_poll_and_nested_in_another_resource() {
     let _serial = serial();
-    let hook = recorder().enable();
+    let _hook = events::record();
     let outer = AsyncResource::new("Outer");
     let mut inner_id = AsyncId::NONE;
     let caught = panics(|| {
@@ -113,14 +112,13 @@ fn panic_in_a_poll_on_the_first_poll_and_nested_in_another_resource() {
     let outer_id = outer.async_id();
     drop(outer);
     assert_eq!(destroys_of(outer_id), 1);
-    hook.disable();
     assert_top_level_sane(None);
 }
 
 #[test]
 fn panic_inside_run_exit_snapshot_run_and_run_in_async_scope() {
     let _serial = serial();
-    let hook = recorder().enable();
+    let _hook = events::record();
     STORE.run(1, || {
         // run: the store comes back; an enter_with of another storage inside survives (spec).
         assert!(panics(|| STORE.run(2, || {
@@ -173,14 +171,13 @@ fn panic_inside_run_exit_snapshot_run_and_run_in_async_scope() {
             ]
         );
     });
-    hook.disable();
     assert_top_level_sane(None);
 }
 
 #[test]
 fn panic_inside_a_bind_closure() {
     let _serial = serial();
-    let hook = recorder().enable();
+    let _hook = events::record();
     let calls = Arc::new(AtomicUsize::new(0));
     let counted = calls.clone();
     let bound = STORE.run(21, || {
@@ -215,7 +212,6 @@ fn panic_inside_a_bind_closure() {
             Ev::Destroy
         ]
     );
-    hook.disable();
     assert_top_level_sane(None);
 }
 
@@ -274,7 +270,7 @@ fn panic_in_a_stores_drop_at_the_end_of_run_leaves_the_context_restored() {
 #[test]
 fn panic_in_a_stores_drop_when_a_captured_resource_is_destroyed() {
     let _serial = serial();
-    let hook = recorder().enable();
+    let _hook = events::record();
     let dropped = Arc::new(AtomicUsize::new(0));
     let r = PANICKY.run(
         PanicsOnDrop {
@@ -293,6 +289,5 @@ fn panic_in_a_stores_drop_when_a_captured_resource_is_destroyed() {
     assert!(panics(|| drop(r)));
     assert_eq!(dropped.load(Ordering::Relaxed), 1);
     assert_eq!(destroys_of(id), 1);
-    hook.disable();
     assert_top_level_sane(None);
 }

@@ -85,3 +85,17 @@ pub fn last_init() -> AsyncId {
         .map(|(_, id)| *id)
         .expect("an init was recorded")
 }
+
+/// The recorder, enabled until the guard drops (also when the test fails, so one failure does
+/// not double the events of the next test).
+pub struct Recording(AsyncHook);
+
+impl Drop for Recording {
+    fn drop(&mut self) {
+        self.0.disable();
+    }
+}
+
+pub fn record() -> Recording {
+    Recording(recorder().enable())
+}
