@@ -16,8 +16,8 @@ use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::task::{Context, Poll, Waker};
 
 use async_hooks::{
-    AsyncId, AsyncLocalStorage, AsyncResource, BindContext, Hooks, Snapshot, bind, create_hook,
-    execution_async_id, trigger_async_id,
+    AsyncId, AsyncLocalStorage, AsyncResource, BindContext, Hooks, Snapshot, async_resource, bind,
+    create_hook, execution_async_id, trigger_async_id,
 };
 use proptest::prelude::*;
 
@@ -39,10 +39,12 @@ enum Step {
     NewResource,
     ResourceRun(u8, Vec<Step>),
     DropResource(u8),
-    /// A bound future (`bind!` form or `.bind_context()`) that runs one step list per poll and
-    /// is `Pending` between them.
+    /// An instrumented future that runs one step list per poll and is `Pending` between them;
+    /// `form`: 0 `bind!(async move …)`, 1 `.bind_context()`, 2 an `#[async_resource]` fn.
+    /// `scope: Some((s, v))` wraps the body in `storage[s].scope(v, …)`.
     NewFuture {
-        macro_form: bool,
+        form: u8,
+        scope: Option<(usize, u32)>,
         polls: Vec<Vec<Step>>,
     },
     /// Polls a live future once (`true`: on a second thread).
@@ -70,8 +72,12 @@ fn step() -> impl Strategy<Value = Step> {
             1 => (storage.clone(), body.clone()).prop_map(|(s, b)| Step::Exit(s, b)),
             1 => (any::<u8>(), body.clone()).prop_map(|(i, b)| Step::SnapshotRun(i, b)),
             1 => (any::<u8>(), body.clone()).prop_map(|(i, b)| Step::ResourceRun(i, b)),
-            2 => (any::<bool>(), prop::collection::vec(body, 1..4))
-                .prop_map(|(macro_form, polls)| Step::NewFuture { macro_form, polls }),
+            2 => (
+                0..3u8,
+                prop::option::of((storage.clone(), value.clone())),
+                prop::collection::vec(body, 1..4)
+            )
+                .prop_map(|(form, scope, polls)| Step::NewFuture { form, scope, polls }),
         ]
     })
 }
@@ -119,6 +125,24 @@ struct LiveFuture {
     fut: BoxFuture,
     id: AsyncId,
     polls_left: usize,
+    scope: Option<(usize, u32)>,
+    /// The generation of the scope's storage at its last poll.
+    scope_generation: Option<u32>,
+}
+
+/// Open finding 3 (RELIABILITY.md): `AsyncLocalStorage::scope` caches the frame it derived at
+/// one poll and reuses it at the next poll from the same caller frame, even when `disable()` gave
+/// the storage a new key in between: the store then reads `None` (or the default) in that poll,
+/// while a poll from another frame sees it. Polls of a scoped future after a `disable()` of its
+/// storage are skipped unless `ASYNC_HOOKS_MODEL_FINDINGS=1`.
+fn poll_hits_open_finding(sh: &Shared, live: &LiveFuture) -> bool {
+    if std::env::var_os("ASYNC_HOOKS_MODEL_FINDINGS").is_some() {
+        return false;
+    }
+    match (live.scope, live.scope_generation) {
+        (Some((s, _)), Some(generation)) => generation != sh.generation(s),
+        _ => false,
+    }
 }
 
 struct LiveResource {
@@ -256,6 +280,71 @@ fn exec_steps(sh: &Arc<Shared>, steps: &[Step], frame: &mut MFrame, ids: Ids) {
     }
 }
 
+/// The body of a model future: one step list per poll, `Pending` between them, inside
+/// `storage[s].scope(v, …)` when `scope` is given.
+async fn model_body(
+    sh: Arc<Shared>,
+    model: Arc<FutModel>,
+    polls: Vec<Vec<Step>>,
+    scope: Option<(usize, u32)>,
+) {
+    let n = polls.len();
+    for (k, steps) in polls.iter().enumerate() {
+        let mut inner = *lock(&model.frame);
+        let own = (*model.id.get().expect("id set at creation"), model.trigger);
+        open(None);
+        // `scope` installs its store on top of the future's frame for each poll and restores
+        // only its own storage afterwards.
+        let scoped = scope.map(|(s, v)| {
+            let generation = sh.generation(s);
+            let previous = inner[s];
+            inner[s] = Some((generation, Some(v)));
+            open(Some((s, generation)));
+            (s, previous)
+        });
+        sh.check(&inner, own, &Step::Capture);
+        exec_steps(&sh, steps, &mut inner, own);
+        if let Some((s, previous)) = scoped {
+            close();
+            inner[s] = previous;
+        }
+        close();
+        *lock(&model.frame) = inner;
+        if k + 1 < n {
+            YieldOnce(false).await;
+        }
+    }
+}
+
+fn scoped_body(
+    sh: Arc<Shared>,
+    model: Arc<FutModel>,
+    polls: Vec<Vec<Step>>,
+    scope: Option<(usize, u32)>,
+) -> impl Future<Output = ()> + Send {
+    async move {
+        match scope {
+            Some((s, v)) => {
+                let storages = sh.clone();
+                storages.storages[s]
+                    .scope(v, model_body(sh, model, polls, scope))
+                    .await
+            }
+            None => model_body(sh, model, polls, scope).await,
+        }
+    }
+}
+
+#[async_resource(type = "ModelFuture")]
+async fn annotated_body(
+    sh: Arc<Shared>,
+    model: Arc<FutModel>,
+    polls: Vec<Vec<Step>>,
+    scope: Option<(usize, u32)>,
+) {
+    scoped_body(sh, model, polls, scope).await
+}
+
 /// Pending once, then ready.
 struct YieldOnce(bool);
 
@@ -360,41 +449,44 @@ fn exec_step(sh: &Arc<Shared>, step: &Step, frame: &mut MFrame, ids: Ids) {
                 drop(live);
             }
         }
-        Step::NewFuture { macro_form, polls } => {
+        Step::NewFuture { form, scope, polls } => {
             let model = Arc::new(FutModel {
                 id: OnceLock::new(),
                 trigger: ids.0,
                 frame: Mutex::new(*frame),
             });
-            let body = {
-                let sh = sh.clone();
-                let model = model.clone();
-                let polls = polls.clone();
-                async move {
-                    let n = polls.len();
-                    for (k, steps) in polls.iter().enumerate() {
-                        let mut inner = *lock(&model.frame);
-                        let own = (*model.id.get().expect("id set at creation"), model.trigger);
-                        open(None);
-                        exec_steps(&sh, steps, &mut inner, own);
-                        close();
-                        *lock(&model.frame) = inner;
-                        if k + 1 < n {
-                            YieldOnce(false).await;
-                        }
-                    }
+            let body = scoped_body(sh.clone(), model.clone(), polls.clone(), *scope);
+            let (fut, id, trigger): (BoxFuture, AsyncId, AsyncId) = match form {
+                0 => {
+                    // The point is to go through `bind!`'s async-block form.
+                    #[allow(clippy::redundant_async_block)]
+                    let fut = bind!(async move { body.await });
+                    let (id, trigger) = (fut.async_id(), fut.trigger_async_id());
+                    (Box::pin(fut), id, trigger)
                 }
-            };
-            let (fut, id, trigger): (BoxFuture, AsyncId, AsyncId) = if *macro_form {
-                // The point is to go through `bind!`'s async-block form.
-                #[allow(clippy::redundant_async_block)]
-                let fut = bind!(async move { body.await });
-                let (id, trigger) = (fut.async_id(), fut.trigger_async_id());
-                (Box::pin(fut), id, trigger)
-            } else {
-                let fut = body.bind_context();
-                let (id, trigger) = (fut.async_id(), fut.trigger_async_id());
-                (Box::pin(fut), id, trigger)
+                1 => {
+                    let fut = body.bind_context();
+                    let (id, trigger) = (fut.async_id(), fut.trigger_async_id());
+                    (Box::pin(fut), id, trigger)
+                }
+                _ => {
+                    drop(body);
+                    let fut = annotated_body(sh.clone(), model.clone(), polls.clone(), *scope);
+                    // `#[async_resource]` futures do not expose their id: the init just logged.
+                    let (init, id) = *lock(&LOG)
+                        .iter()
+                        .rev()
+                        .find(|(e, _)| matches!(e, Ev::Init(_)))
+                        .expect("init logged");
+                    let Ev::Init(trigger) = init else {
+                        unreachable!()
+                    };
+                    (
+                        Box::pin(fut),
+                        AsyncId::from_u64(id),
+                        AsyncId::from_u64(trigger),
+                    )
+                }
             };
             assert_eq!(trigger, ids.0);
             model.id.set(id).expect("set once");
@@ -404,11 +496,19 @@ fn exec_step(sh: &Arc<Shared>, step: &Step, frame: &mut MFrame, ids: Ids) {
                 fut,
                 id,
                 polls_left: polls.len(),
+                scope: *scope,
+                scope_generation: None,
             }));
         }
         Step::Poll(i, other_thread) => {
             let picked = pick(&mut lock(&sh.futures), *i);
             if let Some((slot, mut live)) = picked {
+                if poll_hits_open_finding(sh, &live) {
+                    *lock(&sh.skipped) += 1;
+                    lock(&sh.futures)[slot] = Some(live);
+                    return;
+                }
+                live.scope_generation = live.scope.map(|(s, _)| sh.generation(s));
                 sh.expect(Ev::Before, live.id);
                 let (poll, returned) = if *other_thread {
                     on_other_thread(move || {
