@@ -316,22 +316,20 @@ async fn model_body(
     }
 }
 
-fn scoped_body(
+async fn scoped_body(
     sh: Arc<Shared>,
     model: Arc<FutModel>,
     polls: Vec<Vec<Step>>,
     scope: Option<(usize, u32)>,
-) -> impl Future<Output = ()> + Send {
-    async move {
-        match scope {
-            Some((s, v)) => {
-                let storages = sh.clone();
-                storages.storages[s]
-                    .scope(v, model_body(sh, model, polls, scope))
-                    .await
-            }
-            None => model_body(sh, model, polls, scope).await,
+) {
+    match scope {
+        Some((s, v)) => {
+            let storages = sh.clone();
+            storages.storages[s]
+                .scope(v, model_body(sh, model, polls, scope))
+                .await
         }
+        None => model_body(sh, model, polls, scope).await,
     }
 }
 
