@@ -659,3 +659,46 @@ fn a_panicking_hook_is_fatal() {
         "stderr: {stderr}"
     );
 }
+
+/// Regression (RELIABILITY.md finding 2): `destroy` fires once even when dropping the cancelled
+/// future's state panics.
+#[test]
+fn destroy_fires_when_the_inner_drop_panics() {
+    let _serial = serial();
+    struct PanicsOnDrop;
+    impl Drop for PanicsOnDrop {
+        fn drop(&mut self) {
+            panic!("store dropped");
+        }
+    }
+    let log = Log::default();
+    let hook = recorder("A", &log).enable();
+    let held = PanicsOnDrop;
+    let mut fut = Box::pin(
+        async move {
+            std::future::pending::<()>().await;
+            drop(held);
+        }
+        .bind_context(),
+    );
+    let fid = fut.async_id();
+    let waker = futures::task::noop_waker();
+    assert!(
+        fut.as_mut()
+            .poll(&mut std::task::Context::from_waker(&waker))
+            .is_pending()
+    );
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| drop(fut)));
+    hook.disable();
+    assert!(result.is_err(), "the panic propagates");
+    assert_eq!(execution_async_id(), AsyncId::ROOT);
+    assert_eq!(
+        log.take(),
+        [
+            format!("A init bound-anonymous-fn({fid}) trigger=1"),
+            format!("A before {fid}"),
+            format!("A after {fid}"),
+            format!("A destroy {fid}"),
+        ]
+    );
+}

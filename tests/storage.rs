@@ -410,3 +410,60 @@ fn a_storage_dropped_while_values_are_captured_frees_them_later() {
     drop(job);
     assert_eq!(live.load(Ordering::SeqCst), 0);
 }
+
+/// Regression (model test, RELIABILITY.md finding 1): a `disable()` inside a `run`/`exit` of the
+/// same storage must not let a later `enter_with` inside it outlive the `run`/`exit`.
+#[test]
+fn enter_with_after_disable_ends_with_the_enclosing_run_or_exit() {
+    let store = AsyncLocalStorage::<u32>::new();
+    store.exit(|| {
+        store.disable();
+        store.enter_with(7);
+        assert_eq!(store.get_store().as_deref(), Some(&7));
+    });
+    assert_eq!(store.get_store(), None);
+
+    let store = AsyncLocalStorage::<u32>::new();
+    store.run(1, || {
+        store.disable();
+        store.enter_with(7);
+    });
+    assert_eq!(store.get_store(), None);
+
+    // The same through a guard; and a later run still works.
+    let store = AsyncLocalStorage::<u32>::new();
+    {
+        let _guard = store.enter_scope(1);
+        store.disable();
+        store.enter_with(7);
+    }
+    assert_eq!(store.get_store(), None);
+    store.run(2, || assert_eq!(store.get_store().as_deref(), Some(&2)));
+}
+
+/// Regression (model test, RELIABILITY.md finding 3): `scope` keeps its store in every poll,
+/// also after `disable()` and from the same caller frame.
+#[test]
+fn scope_after_disable_keeps_its_store_in_every_poll() {
+    static S: AsyncLocalStorage<u32> = AsyncLocalStorage::new();
+    let mut seen = Vec::new();
+    let mut polls = 0;
+    let inner = std::future::poll_fn(|_| {
+        seen.push(S.get_store().as_deref().copied());
+        polls += 1;
+        if polls == 2 {
+            Poll::Ready(())
+        } else {
+            Poll::Pending
+        }
+    });
+    let mut fut = Box::pin(S.scope(1, inner));
+    let waker = futures::task::noop_waker();
+    let mut cx = std::task::Context::from_waker(&waker);
+    assert!(fut.as_mut().poll(&mut cx).is_pending());
+    S.disable();
+    assert!(fut.as_mut().poll(&mut cx).is_ready());
+    drop(fut);
+    assert_eq!(seen, [Some(1), Some(1)]);
+    assert_eq!(S.get_store(), None);
+}

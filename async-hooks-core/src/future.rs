@@ -56,6 +56,9 @@ pin_project_lite::pin_project! {
     impl<F> PinnedDrop for Instrumented<F> {
         fn drop(this: Pin<&mut Self>) {
             let mut this = this.project();
+            // `destroy` comes after the inner future is dropped, and from a guard, so that it is
+            // emitted exactly once even if that drop panics.
+            let _destroy = DestroyOnDrop(this.ctx.async_id);
             if this.inner.is_some() {
                 let dropped_in_context = try_with_state(|state| {
                     let _entered = Entered::enter(state, this.ctx, false);
@@ -65,8 +68,16 @@ pin_project_lite::pin_project! {
                     this.inner.set(None);
                 }
             }
-            hooks::emit_destroy(this.ctx.async_id);
         }
+    }
+}
+
+/// Emits `destroy` for a resource when dropped, also while unwinding.
+struct DestroyOnDrop(crate::AsyncId);
+
+impl Drop for DestroyOnDrop {
+    fn drop(&mut self) {
+        hooks::emit_destroy(self.0);
     }
 }
 

@@ -171,13 +171,24 @@ impl KeyEntry {
         }
     }
 
-    fn restore(self, state: &ThreadState) {
+    /// Puts back the storage's previous entry. `current_key` is the storage's key now: if it
+    /// differs, the storage was disabled inside the scope, which exits every context of it — the
+    /// retired key's entry is dropped instead of restored, and an `enter_with` made under the new
+    /// key inside the scope ends here, as it would have without the `disable()`.
+    fn restore(self, state: &ThreadState, current_key: u64) {
         let current = state.frame.take();
         let restored = if current.ptr_eq(&self.installed) {
             self.previous_frame
-        } else {
+        } else if current_key == self.key {
             // Other storages changed inside (enter_with): keep their changes, restore only ours.
             current.with(self.key, self.previous)
+        } else {
+            let without_old = current.with(self.key, None);
+            if current_key == 0 {
+                without_old
+            } else {
+                without_old.with(current_key, None)
+            }
         };
         state.set_frame(restored);
         drop(current);
@@ -187,13 +198,15 @@ impl KeyEntry {
 /// Restores a [`KeyEntry`] when dropped, also during a panic.
 struct KeyRestore<'s> {
     state: &'s ThreadState,
+    /// The storage's key cell, read at restore time (see [`KeyEntry::restore`]).
+    storage_key: &'s AtomicU64,
     entry: Option<KeyEntry>,
 }
 
 impl Drop for KeyRestore<'_> {
     fn drop(&mut self) {
         if let Some(entry) = self.entry.take() {
-            entry.restore(self.state);
+            entry.restore(self.state, self.storage_key.load(Ordering::Relaxed));
         }
     }
 }
@@ -395,6 +408,7 @@ impl<T: Send + Sync + 'static> AsyncLocalStorage<T> {
         with_state(|state| {
             let _restore = KeyRestore {
                 state,
+                storage_key: &self.key,
                 entry: Some(KeyEntry::set(state, key, Some(value))),
             };
             f()
@@ -417,6 +431,7 @@ impl<T: Send + Sync + 'static> AsyncLocalStorage<T> {
         with_state(|state| {
             let _restore = KeyRestore {
                 state,
+                storage_key: &self.key,
                 entry: Some(KeyEntry::set(state, key, None)),
             };
             f()
@@ -468,7 +483,7 @@ impl<T: Send + Sync + 'static> AsyncLocalStorage<T> {
         let entry = with_state(|state| KeyEntry::set(state, key, Some(value)));
         StorageGuard {
             entry: Some(entry),
-            _storage: PhantomData,
+            storage: self,
             _not_send: PhantomData,
         }
     }
@@ -560,14 +575,15 @@ impl<T: Send + Sync + 'static> fmt::Debug for AsyncLocalStorage<T> {
 #[must_use = "the store is current only while the guard lives"]
 pub struct StorageGuard<'a, T> {
     entry: Option<KeyEntry>,
-    _storage: PhantomData<&'a AsyncLocalStorage<T>>,
+    storage: &'a AsyncLocalStorage<T>,
     _not_send: PhantomData<*const ()>,
 }
 
 impl<T> Drop for StorageGuard<'_, T> {
     fn drop(&mut self) {
         if let Some(entry) = self.entry.take() {
-            try_with_state(|state| entry.restore(state));
+            let current_key = self.storage.key.load(Ordering::Relaxed);
+            try_with_state(|state| entry.restore(state, current_key));
         }
     }
 }
@@ -598,9 +614,10 @@ pin_project_lite::pin_project! {
     pub struct Scope<'a, T, F> {
         storage: &'a AsyncLocalStorage<T>,
         value: Arc<T>,
-        // The frame of the last poll's caller and the frame derived from it, so that polls from
-        // the same context reuse one frame instead of allocating.
-        cache: Option<(Frame, Frame)>,
+        // The storage key, the frame of the last poll's caller and the frame derived from them,
+        // so that polls from the same context reuse one frame instead of allocating. The key is
+        // part of it: after `disable()` the storage has a new one.
+        cache: Option<(u64, Frame, Frame)>,
         #[pin]
         future: F,
     }
@@ -615,16 +632,21 @@ impl<T: Send + Sync + 'static, F: Future> Future for Scope<'_, T, F> {
         with_state(|state| {
             let base = state.frame.take();
             let installed = match this.cache {
-                Some((cached_base, derived)) if cached_base.ptr_eq(&base) => derived.clone(),
+                Some((cached_key, cached_base, derived))
+                    if *cached_key == key && cached_base.ptr_eq(&base) =>
+                {
+                    derived.clone()
+                }
                 _ => {
                     let value: Value = this.value.clone();
                     let derived = base.with(key, Some(Some(value)));
-                    *this.cache = Some((base.clone(), derived.clone()));
+                    *this.cache = Some((key, base.clone(), derived.clone()));
                     derived
                 }
             };
             let _restore = KeyRestore {
                 state,
+                storage_key: &this.storage.key,
                 entry: Some(KeyEntry::install(state, key, base, installed)),
             };
             this.future.poll(cx)
