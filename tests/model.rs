@@ -32,6 +32,8 @@ const DEFAULT: u32 = 999;
 enum Step {
     Run(usize, u32, Vec<Step>),
     Exit(usize, Vec<Step>),
+    /// `let guard = storage[s].enter_scope(v); steps; drop(guard)`.
+    EnterScope(usize, u32, Vec<Step>),
     EnterWith(usize, u32),
     Disable(usize),
     Capture,
@@ -70,6 +72,8 @@ fn step() -> impl Strategy<Value = Step> {
         prop_oneof![
             1 => (storage.clone(), value.clone(), body.clone()).prop_map(|(s, v, b)| Step::Run(s, v, b)),
             1 => (storage.clone(), body.clone()).prop_map(|(s, b)| Step::Exit(s, b)),
+            1 => (storage.clone(), value.clone(), body.clone())
+                .prop_map(|(s, v, b)| Step::EnterScope(s, v, b)),
             1 => (any::<u8>(), body.clone()).prop_map(|(i, b)| Step::SnapshotRun(i, b)),
             1 => (any::<u8>(), body.clone()).prop_map(|(i, b)| Step::ResourceRun(i, b)),
             2 => (
@@ -384,6 +388,16 @@ fn exec_step(sh: &Arc<Shared>, step: &Step, frame: &mut MFrame, ids: Ids) {
             frame[*s] = Some((sh.generation(*s), None));
             open(Some((*s, sh.generation(*s))));
             sh.storages[*s].exit(|| exec_steps(sh, body, frame, ids));
+            close();
+            frame[*s] = previous;
+        }
+        Step::EnterScope(s, v, body) => {
+            let previous = frame[*s];
+            frame[*s] = Some((sh.generation(*s), Some(*v)));
+            open(Some((*s, sh.generation(*s))));
+            let guard = sh.storages[*s].enter_scope(*v);
+            exec_steps(sh, body, frame, ids);
+            drop(guard);
             close();
             frame[*s] = previous;
         }
