@@ -6,28 +6,12 @@
 //! `cargo bench --bench recorder -- --warm-up-time 1 --measurement-time 2`
 
 use std::hint::black_box;
-use std::sync::atomic::{AtomicU64, Ordering};
 
-use async_hooks::{AsyncId, AsyncResource, HookCallbacks, Hooks, Recorder, create_hook};
+use async_hooks::{AsyncId, AsyncResource, HookCallbacks, Recorder, create_hook};
+mod common;
+
+use common::counting_hook;
 use criterion::{Criterion, criterion_group, criterion_main};
-
-static EVENTS: AtomicU64 = AtomicU64::new(0);
-
-fn counting_hook() -> async_hooks::AsyncHook {
-    let count = |_| {
-        EVENTS.fetch_add(1, Ordering::Relaxed);
-    };
-    create_hook(
-        Hooks::new()
-            .init(|_, _, _, _| {
-                EVENTS.fetch_add(1, Ordering::Relaxed);
-            })
-            .before(count)
-            .after(count)
-            .destroy(count)
-            .promise_resolve(count),
-    )
-}
 
 fn bench(c: &mut Criterion) {
     let mut group = c.benchmark_group("recorder");

@@ -1,8 +1,6 @@
 //! Heap allocations on the hot paths, counted by a global allocator (this test binary enables
 //! no hook, so these are the "no hook enabled" numbers).
 
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::cell::Cell;
 use std::future::Future;
 use std::pin::pin;
 use std::task::{Context, Poll, Waker};
@@ -11,40 +9,19 @@ use async_hooks::{
     AsyncLocalStorage, AsyncResource, BindContext, Instrumented, Snapshot, async_resource,
 };
 
-/// Counts allocations made by the current thread (tests run on parallel threads).
-struct Counting;
-
-thread_local! {
-    static ALLOCATIONS: Cell<u64> = const { Cell::new(0) };
-}
-
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        let _ = ALLOCATIONS.try_with(|n| n.set(n.get() + 1));
-        // SAFETY: forwarded unchanged to the system allocator.
-        unsafe { System.alloc(layout) }
-    }
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        // SAFETY: forwarded unchanged to the system allocator.
-        unsafe { System.dealloc(ptr, layout) }
-    }
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        let _ = ALLOCATIONS.try_with(|n| n.set(n.get() + 1));
-        // SAFETY: forwarded unchanged to the system allocator.
-        unsafe { System.realloc(ptr, layout, new_size) }
-    }
-}
+#[path = "common/counting_alloc.rs"]
+mod counting_alloc;
 
 #[global_allocator]
-static ALLOCATOR: Counting = Counting;
+static ALLOCATOR: counting_alloc::Counting = counting_alloc::Counting;
 
 /// Allocations made by `f`, after one warm-up call (first use registers types and
 /// thread-locals).
 fn allocations(mut f: impl FnMut()) -> u64 {
     f();
-    let before = ALLOCATIONS.with(Cell::get);
+    let before = counting_alloc::allocations();
     f();
-    ALLOCATIONS.with(Cell::get) - before
+    counting_alloc::allocations() - before
 }
 
 fn poll_to_ready<F: Future>(fut: F) -> F::Output {

@@ -3,8 +3,6 @@
 //! on every lifecycle, not only on average, and the bytes still allocated afterwards are exactly
 //! what they were before (nothing grows), with and without a hook.
 
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::cell::Cell;
 use std::future::Future;
 use std::pin::pin;
 use std::sync::Mutex;
@@ -14,45 +12,11 @@ use async_hooks::{
     AsyncLocalStorage, AsyncResource, BindContext, Hooks, async_resource, create_hook,
 };
 
-/// Counts the allocations and the net bytes of the current thread.
-struct Counting;
-
-thread_local! {
-    static ALLOCATIONS: Cell<u64> = const { Cell::new(0) };
-    static NET_BYTES: Cell<i64> = const { Cell::new(0) };
-}
-
-fn note_alloc(size: usize) {
-    let _ = ALLOCATIONS.try_with(|n| n.set(n.get() + 1));
-    let _ = NET_BYTES.try_with(|n| n.set(n.get() + size as i64));
-}
-
-fn note_dealloc(size: usize) {
-    let _ = NET_BYTES.try_with(|n| n.set(n.get() - size as i64));
-}
-
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        note_alloc(layout.size());
-        // SAFETY: forwarded unchanged to the system allocator, with the caller's layout.
-        unsafe { System.alloc(layout) }
-    }
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        note_dealloc(layout.size());
-        // SAFETY: `ptr` was allocated by `System` with `layout` (every allocation goes through
-        // this allocator, which forwards to `System`).
-        unsafe { System.dealloc(ptr, layout) }
-    }
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        note_dealloc(layout.size());
-        note_alloc(new_size);
-        // SAFETY: forwarded unchanged to the system allocator; same contract as `realloc`.
-        unsafe { System.realloc(ptr, layout, new_size) }
-    }
-}
+#[path = "common/counting_alloc.rs"]
+mod counting_alloc;
 
 #[global_allocator]
-static ALLOCATOR: Counting = Counting;
+static ALLOCATOR: counting_alloc::Counting = counting_alloc::Counting;
 
 fn lifecycles() -> u64 {
     if std::env::var_os("ASYNC_HOOKS_LONG").is_some() {
@@ -74,18 +38,18 @@ fn serial() -> std::sync::MutexGuard<'static, ()> {
 fn measure(per_call: Option<u64>, mut f: impl FnMut(u64)) -> u64 {
     f(0);
     f(1);
-    let net_before = NET_BYTES.with(Cell::get);
+    let net_before = counting_alloc::net_bytes();
     let mut last = 0;
     for i in 0..lifecycles() {
-        let before = ALLOCATIONS.with(Cell::get);
+        let before = counting_alloc::allocations();
         f(i);
-        last = ALLOCATIONS.with(Cell::get) - before;
+        last = counting_alloc::allocations() - before;
         if let Some(expected) = per_call {
             assert_eq!(last, expected, "allocations in lifecycle {i}");
         }
     }
     assert_eq!(
-        NET_BYTES.with(Cell::get) - net_before,
+        counting_alloc::net_bytes() - net_before,
         0,
         "bytes still allocated after {} lifecycles",
         lifecycles()
