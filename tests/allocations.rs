@@ -3,11 +3,15 @@
 
 use std::future::Future;
 use std::pin::pin;
-use std::task::{Context, Poll, Waker};
+use std::task::{Context, Waker};
 
 use async_hooks::{
     AsyncLocalStorage, AsyncResource, BindContext, Instrumented, Snapshot, async_resource,
 };
+
+#[path = "common/futures.rs"]
+mod test_futures;
+use test_futures::poll_to_ready;
 
 #[path = "common/counting_alloc.rs"]
 mod counting_alloc;
@@ -22,16 +26,6 @@ fn allocations(mut f: impl FnMut()) -> u64 {
     let before = counting_alloc::allocations();
     f();
     counting_alloc::allocations() - before
-}
-
-fn poll_to_ready<F: Future>(fut: F) -> F::Output {
-    let mut fut = pin!(fut);
-    let mut cx = Context::from_waker(Waker::noop());
-    loop {
-        if let Poll::Ready(v) = fut.as_mut().poll(&mut cx) {
-            return v;
-        }
-    }
 }
 
 #[async_resource]

@@ -3,14 +3,15 @@
 //! on every lifecycle, not only on average, and the bytes still allocated afterwards are exactly
 //! what they were before (nothing grows), with and without a hook.
 
-use std::future::Future;
-use std::pin::pin;
 use std::sync::Mutex;
-use std::task::{Context, Poll, Waker};
 
 use async_hooks::{
     AsyncLocalStorage, AsyncResource, BindContext, Hooks, async_resource, create_hook,
 };
+
+#[path = "common/futures.rs"]
+mod test_futures;
+use test_futures::poll_to_ready;
 
 #[path = "common/counting_alloc.rs"]
 mod counting_alloc;
@@ -55,16 +56,6 @@ fn measure(per_call: Option<u64>, mut f: impl FnMut(u64)) -> u64 {
         lifecycles()
     );
     last
-}
-
-fn poll_to_ready<F: Future>(fut: F) -> F::Output {
-    let mut fut = pin!(fut);
-    let mut cx = Context::from_waker(Waker::noop());
-    loop {
-        if let Poll::Ready(v) = fut.as_mut().poll(&mut cx) {
-            return v;
-        }
-    }
 }
 
 #[async_resource]

@@ -6,10 +6,7 @@
 #![cfg(feature = "tracing")]
 
 use std::collections::HashMap;
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll};
 
 use async_hooks::{AsyncResource, BindContext, TracingHook, async_resource, create_hook};
 use tracing::field::{Field, Visit};
@@ -18,6 +15,10 @@ use tracing::{Subscriber, info_span};
 use tracing_subscriber::Layer;
 use tracing_subscriber::layer::{Context as LayerContext, SubscriberExt};
 use tracing_subscriber::registry::LookupSpan;
+
+#[path = "common/futures.rs"]
+mod test_futures;
+use test_futures::YieldOnce;
 
 /// Hooks are process-wide: the tests of this binary take turns.
 static SERIAL: Mutex<()> = Mutex::new(());
@@ -94,22 +95,6 @@ impl<S: Subscriber + for<'a> LookupSpan<'a>> Layer<S> for Recording {
     }
     fn on_close(&self, id: Id, _ctx: LayerContext<'_, S>) {
         self.push(format!("close {}", self.label(&id)));
-    }
-}
-
-/// Pending once (waking itself), then ready.
-struct YieldOnce(bool);
-
-impl Future for YieldOnce {
-    type Output = ();
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
-        if self.0 {
-            Poll::Ready(())
-        } else {
-            self.0 = true;
-            cx.waker().wake_by_ref();
-            Poll::Pending
-        }
     }
 }
 
