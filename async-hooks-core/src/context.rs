@@ -9,7 +9,7 @@ use std::cell::Cell;
 use crate::hooks::{self, Kind, ThreadHooks};
 use crate::id::{AsyncId, IdBlock};
 use crate::resource::{ROOT_TYPE, Resource, ResourceType};
-use crate::storage::Frame;
+use crate::storage::{Frame, FrameCell};
 
 /// The whole context of an execution: what `execution_async_id()` and friends report, the
 /// resource handle (if materialised) and the storage frame.
@@ -38,7 +38,7 @@ pub(crate) struct ThreadState {
     /// nobody looks at them.
     resource: Cell<Option<Resource>>,
     /// The storage frame of the running execution.
-    pub(crate) frame: Cell<Frame>,
+    pub(crate) frame: FrameCell,
     pub(crate) hooks: ThreadHooks,
 }
 
@@ -50,7 +50,7 @@ thread_local! {
             trigger_id: Cell::new(AsyncId::NONE),
             ty: Cell::new(&ROOT_TYPE),
             resource: Cell::new(None),
-            frame: Cell::new(Frame::EMPTY),
+            frame: FrameCell::new(),
             hooks: ThreadHooks::new(),
         }
     };
@@ -107,17 +107,14 @@ impl ThreadState {
     /// A clone of the current storage frame (O(1): one refcount increment, none when empty).
     #[inline(always)]
     pub(crate) fn capture_frame(&self) -> Frame {
-        let frame = self.frame.take();
-        let copy = frame.clone();
-        self.frame.set(frame);
-        copy
+        self.frame.get()
     }
 
     /// Replaces the current frame, dropping the old one only after the new one is in place (a
     /// store's `Drop` may look at the context).
     #[inline]
     pub(crate) fn set_frame(&self, frame: Frame) {
-        drop(self.frame.replace(frame));
+        self.frame.set(frame);
     }
 }
 

@@ -5,7 +5,6 @@
 //! [`Snapshot::capture`]) is one refcount increment, or nothing when it is empty. `run`,
 //! `exit` and `enter_with` build a new frame (copy-on-write) and switch the thread to it.
 
-use std::any::Any;
 use std::fmt;
 use std::future::Future;
 use std::marker::PhantomData;
@@ -16,127 +15,11 @@ use std::task::{Context, Poll};
 
 use crate::context::{ThreadState, try_with_state, with_state};
 
-type Value = Arc<dyn Any + Send + Sync>;
+#[allow(unsafe_code)]
+mod frame;
 
-/// One storage's entry in a frame. `value: None` means the storage was exited (`get_store()`
-/// is `None`, not the default); a storage with no entry shows its default.
-#[derive(Clone)]
-struct Entry {
-    key: u64,
-    value: Option<Value>,
-}
-
-/// Entries past this count are found by binary search instead of a linear scan.
-const LINEAR_SCAN_MAX: usize = 8;
-
-/// An immutable storage context.
-///
-/// A thin pointer on purpose: frames are swapped in and out of the thread's `Cell`s on every
-/// poll and read, and a 16-byte fat pointer there costs store-forwarding stalls that dominated
-/// `get_store` in the benchmarks (see BENCHMARKS.md).
-#[derive(Clone, Default)]
-pub(crate) struct Frame(Option<Arc<FrameData>>);
-
-struct FrameData {
-    /// Sorted by key.
-    entries: Box<[Entry]>,
-}
-
-impl Frame {
-    pub(crate) const EMPTY: Frame = Frame(None);
-
-    #[inline]
-    fn entries(&self) -> &[Entry] {
-        match &self.0 {
-            Some(data) => &data.entries,
-            None => &[],
-        }
-    }
-
-    /// The entry of `key`: `None` if the storage has none in this frame.
-    #[inline]
-    fn lookup(&self, key: u64) -> Option<&Entry> {
-        self.position(key).map(|i| &self.entries()[i])
-    }
-
-    #[inline]
-    fn position(&self, key: u64) -> Option<usize> {
-        let entries = self.entries();
-        if entries.len() <= LINEAR_SCAN_MAX {
-            entries.iter().position(|e| e.key == key)
-        } else {
-            entries.binary_search_by_key(&key, |e| e.key).ok()
-        }
-    }
-
-    /// Like [`Frame::lookup`], trying position `hint` first and updating it: a storage sits at the
-    /// same position in every frame with the same set of storages, so reads skip the search.
-    #[inline]
-    fn lookup_hinted(&self, key: u64, hint: &AtomicU32) -> Option<&Entry> {
-        let entries = self.entries();
-        let guess = hint.load(Ordering::Relaxed) as usize;
-        if let Some(entry) = entries.get(guess)
-            && entry.key == key
-        {
-            return Some(entry);
-        }
-        let found = self.position(key)?;
-        hint.store(found as u32, Ordering::Relaxed);
-        Some(&entries[found])
-    }
-
-    /// This frame with `key` set to `entry` (`None`: removed).
-    fn with(&self, key: u64, value: Option<Option<Value>>) -> Frame {
-        let entries = self.entries();
-        let position = entries.binary_search_by_key(&key, |e| e.key);
-        let len = match (position, &value) {
-            (Ok(_), Some(_)) => entries.len(),
-            (Ok(_), None) => entries.len() - 1,
-            (Err(_), Some(_)) => entries.len() + 1,
-            (Err(_), None) => return self.clone(),
-        };
-        if len == 0 {
-            return Frame(None);
-        }
-        // Exact capacity: `into_boxed_slice` then keeps the buffer instead of reallocating.
-        let mut next: Vec<Entry> = Vec::with_capacity(len);
-        match (position, value) {
-            (Ok(i), Some(value)) => {
-                next.extend_from_slice(entries);
-                next[i].value = value;
-            }
-            (Ok(i), None) => {
-                next.extend_from_slice(&entries[..i]);
-                next.extend_from_slice(&entries[i + 1..]);
-            }
-            (Err(i), Some(value)) => {
-                next.extend_from_slice(&entries[..i]);
-                next.push(Entry { key, value });
-                next.extend_from_slice(&entries[i..]);
-            }
-            (Err(_), None) => unreachable!("returned above"),
-        }
-        Frame(Some(Arc::new(FrameData {
-            entries: next.into_boxed_slice(),
-        })))
-    }
-
-    fn ptr_eq(&self, other: &Frame) -> bool {
-        match (&self.0, &other.0) {
-            (Some(a), Some(b)) => Arc::ptr_eq(a, b),
-            (None, None) => true,
-            _ => false,
-        }
-    }
-}
-
-impl fmt::Debug for Frame {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_list()
-            .entries(self.entries().iter().map(|e| e.key))
-            .finish()
-    }
-}
+use frame::Value;
+pub(crate) use frame::{Frame, FrameCell};
 
 /// Storage keys are handed out once and never reused; `disable()` retires a storage's key, so
 /// every frame holding the old key stops showing it at once.
@@ -211,26 +94,54 @@ impl Drop for KeyRestore<'_> {
     }
 }
 
-/// Looks up `key` in the current thread's frame and maps its entry with `f` (which must not run
-/// user code: the frame is out of its cell meanwhile). `None` if the frame has no entry.
+/// Looks up `key` in the current thread's frame and maps its entry with `f`, which runs with
+/// the frame in place and so must not run user code. `None` if the frame has no entry.
 #[inline]
 fn lookup_current<R>(key: u64, hint: &AtomicU32, f: impl FnOnce(&Option<Value>) -> R) -> Option<R> {
     if key == 0 {
         return None;
     }
     try_with_state(|state| {
-        let frame = state.frame.take();
-        let found = frame.lookup_hinted(key, hint).map(|e| f(&e.value));
-        state.frame.set(frame);
-        found
+        // SAFETY: the lookup and `f` (an `Arc` clone and cast, see the callers) run no user code,
+        // so nothing can change the cell meanwhile.
+        #[allow(unsafe_code)]
+        unsafe {
+            state
+                .frame
+                .peek(|frame| frame.lookup_hinted(key, hint).map(|e| f(&e.value)))
+        }
     })
     .flatten()
 }
 
+/// The store of an entry of a storage of `T`, by reference.
+///
+/// Every value a frame holds under a storage's key was put there by that storage, as an
+/// `Arc<T>` (keys are never reused), so the type check of a `downcast` is redundant on this hot
+/// path: it is kept as a debug assertion.
+#[inline]
+#[allow(unsafe_code)]
+fn store_ref<T: Send + Sync + 'static>(value: &Value) -> &T {
+    debug_assert!(
+        value.is::<T>(),
+        "a storage key holds a value of another type"
+    );
+    // SAFETY: the value is a `T` (see above); the pointer comes from a live reference.
+    unsafe { &*(Arc::as_ptr(value) as *const T) }
+}
+
 /// Clones the store out of an entry as a thin `Arc<T>`.
 #[inline]
+#[allow(unsafe_code)]
 fn typed<T: Send + Sync + 'static>(value: &Option<Value>) -> Option<Arc<T>> {
-    value.clone().and_then(|v| v.downcast::<T>().ok())
+    let value = value.as_ref()?;
+    debug_assert!(
+        value.is::<T>(),
+        "a storage key holds a value of another type"
+    );
+    // SAFETY: the allocation is an `Arc<T>`'s (see `store_ref`), and the clone gives the new
+    // `Arc<T>` a strong reference of its own.
+    Some(unsafe { Arc::from_raw(Arc::into_raw(value.clone()) as *const T) })
 }
 
 /// Context-local storage: a value that follows the logical flow of async work — through
@@ -381,11 +292,24 @@ impl<T: Send + Sync + 'static> AsyncLocalStorage<T> {
     /// ```
     #[inline]
     pub fn with_store<R>(&self, f: impl FnOnce(Option<&T>) -> R) -> R {
-        // The store is cloned out before `f` runs: `f` may change the context (`run`,
-        // `enter_with`, polling a future), which must not free the value it is looking at.
-        match lookup_current(self.read_key(), &self.position_hint, typed::<T>) {
-            Some(value) => f(value.as_deref()),
-            None => f(self.default_value().map(|v| &**v)),
+        let key = self.read_key();
+        let mut f = Some(f);
+        if key != 0 {
+            // The thread's frame is lent to this call, not cloned: `f` may change the context
+            // (`run`, `enter_with`, poll a future) and the store it looks at stays alive anyway.
+            let ran = try_with_state(|state| {
+                let lent = state.frame.lend();
+                let entry = lent.frame().lookup_hinted(key, &self.position_hint)?;
+                let store = entry.value.as_ref().map(store_ref::<T>);
+                f.take().map(|f| f(store))
+            });
+            if let Some(Some(result)) = ran {
+                return result;
+            }
+        }
+        match f {
+            Some(f) => f(self.default_value().map(|v| &**v)),
+            None => unreachable!("`f` runs once, and its result was returned"),
         }
     }
 
@@ -736,77 +660,114 @@ impl Drop for FrameRestore<'_> {
 
 #[cfg(test)]
 mod tests {
+    //! `with_store` lends the thread's frame instead of cloning it. These tests switch the context
+    //! in every way user code can while a store is lent, and run under Miri in CI.
     use super::*;
+    use crate::future::BindContext;
+    use crate::resource::AsyncResource;
+    use std::sync::atomic::AtomicUsize;
+    use std::task::Waker;
 
-    fn keys_and_values(frame: &Frame) -> Vec<(u64, Option<u64>)> {
-        frame
-            .entries()
-            .iter()
-            .map(|e| {
-                (
-                    e.key,
-                    e.value.as_ref().map(|v| *v.downcast_ref::<u64>().unwrap()),
-                )
+    struct Counted {
+        value: u64,
+        drops: Arc<AtomicUsize>,
+    }
+
+    impl Drop for Counted {
+        fn drop(&mut self) {
+            self.drops.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    fn counted(value: u64, drops: &Arc<AtomicUsize>) -> Counted {
+        Counted {
+            value,
+            drops: drops.clone(),
+        }
+    }
+
+    fn block_on<F: Future>(future: F) -> F::Output {
+        let mut future = std::pin::pin!(future);
+        let mut cx = Context::from_waker(Waker::noop());
+        loop {
+            if let Poll::Ready(output) = future.as_mut().poll(&mut cx) {
+                return output;
+            }
+        }
+    }
+
+    #[test]
+    fn with_store_keeps_its_store_while_the_closure_replaces_the_context() {
+        let store: AsyncLocalStorage<Counted> = AsyncLocalStorage::new();
+        let drops = Arc::new(AtomicUsize::new(0));
+        store.enter_with(counted(1, &drops));
+        store.with_store(|outer| {
+            let outer = outer.expect("entered");
+            // Replaces the current frame (and would free the old one if it were not lent).
+            store.enter_with(counted(2, &drops));
+            assert_eq!(drops.load(Ordering::SeqCst), 0, "lent store freed early");
+            assert_eq!(outer.value, 1);
+            assert_eq!(store.get_store().map(|s| s.value), Some(2));
+            // A nested read of the new frame, and a `run`/`exit` inside it.
+            store.with_store(|inner| assert_eq!(inner.map(|s| s.value), Some(2)));
+            store.run(counted(3, &drops), || {
+                store.with_store(|s| assert_eq!(s.map(|s| s.value), Some(3)));
+                store.exit(|| store.with_store(|s| assert!(s.is_none())));
+            });
+            assert_eq!(outer.value, 1);
+        });
+        // The first store went with the lent frame; the `run` store with its frame.
+        assert_eq!(drops.load(Ordering::SeqCst), 2);
+        assert_eq!(store.get_store().map(|s| s.value), Some(2));
+        store.disable();
+        assert_eq!(drops.load(Ordering::SeqCst), 3);
+    }
+
+    #[test]
+    fn with_store_across_polls_scopes_snapshots_and_disable() {
+        let store: AsyncLocalStorage<Counted> = AsyncLocalStorage::new();
+        let other: AsyncLocalStorage<u64> = AsyncLocalStorage::new();
+        let drops = Arc::new(AtomicUsize::new(0));
+        let future = store.run(counted(10, &drops), || {
+            async {
+                other.enter_with(5);
+                store.with_store(|s| s.map(|s| s.value))
+            }
+            .bind_context()
+        });
+        let snapshot = other.run(7, Snapshot::capture);
+        let resource = AsyncResource::new("Job");
+        store.enter_with(counted(1, &drops));
+        store.with_store(|outer| {
+            // A poll swaps the lent frame out and back; the future drops its frame when done.
+            assert_eq!(block_on(future), Some(10));
+            assert_eq!(snapshot.run(|| *other.get_store().unwrap()), 7);
+            resource.run_in_async_scope(|| store.enter_with(counted(2, &drops)));
+            let guard = other.enter_scope(8);
+            drop(guard);
+            // Exits every context of the storage, dropping the thread's entry under the lend.
+            store.disable();
+            assert!(store.get_store().is_none());
+            assert_eq!(outer.map(|s| s.value), Some(1));
+        });
+        drop(resource);
+        assert_eq!(drops.load(Ordering::SeqCst), 3);
+    }
+
+    #[test]
+    fn with_store_panicking_restores_the_frame() {
+        let store: AsyncLocalStorage<u64> = AsyncLocalStorage::new();
+        store.enter_with(4);
+        let result = std::panic::catch_unwind(|| {
+            store.with_store(|_| {
+                store.enter_with(5);
+                panic!("inside with_store");
             })
-            .collect()
-    }
-
-    fn value(v: u64) -> Option<Option<Value>> {
-        Some(Some(Arc::new(v)))
-    }
-
-    #[test]
-    fn frames_stay_sorted_through_inserts_replacements_and_removals() {
-        let mut frame = Frame::EMPTY;
-        // Insert out of order, growing past the inline capacity.
-        for key in [5u64, 1, 3, 2, 4, 6] {
-            frame = frame.with(key, value(key * 10));
-        }
-        assert_eq!(
-            keys_and_values(&frame),
-            [
-                (1, Some(10)),
-                (2, Some(20)),
-                (3, Some(30)),
-                (4, Some(40)),
-                (5, Some(50)),
-                (6, Some(60))
-            ]
-        );
-
-        // Replace, mark exited, and remove back into the inline layout.
-        frame = frame
-            .with(3, value(33))
-            .with(4, Some(None))
-            .with(6, None)
-            .with(1, None);
-        assert_eq!(
-            keys_and_values(&frame),
-            [(2, Some(20)), (3, Some(33)), (4, None), (5, Some(50))]
-        );
-        assert!(frame.lookup(1).is_none());
-        assert!(frame.lookup(4).is_some_and(|e| e.value.is_none()));
-
-        // Removing an absent key shares the frame; removing everything gives the empty frame.
-        assert!(frame.with(99, None).ptr_eq(&frame));
-        let emptied = [2, 3, 4, 5]
-            .into_iter()
-            .fold(frame, |f, key| f.with(key, None));
-        assert!(emptied.0.is_none());
-    }
-
-    #[test]
-    fn lookups_use_binary_search_past_the_linear_threshold() {
-        let frame = (0..100u64)
-            .rev()
-            .fold(Frame::EMPTY, |f, key| f.with(key * 2, value(key)));
-        for key in 0..100u64 {
-            let entry = frame.lookup(key * 2).expect("present");
-            assert_eq!(
-                *entry.value.as_ref().unwrap().downcast_ref::<u64>().unwrap(),
-                key
-            );
-            assert!(frame.lookup(key * 2 + 1).is_none());
-        }
+        });
+        assert!(result.is_err());
+        assert_eq!(store.get_store().as_deref(), Some(&5));
+        let result = std::panic::catch_unwind(|| store.with_store(|_| panic!("untouched")));
+        assert!(result.is_err());
+        assert_eq!(store.with_store(|s| s.copied()), Some(5));
     }
 }
