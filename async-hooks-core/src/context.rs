@@ -1,107 +1,82 @@
-//! The per-thread execution context: which resource is running, its trigger, its handle and the
-//! storage frame, switched in and out by RAII guards that also restore on panic.
+//! The per-thread execution context: which resource is running (a pointer to its [`Identity`])
+//! and the storage frame, switched in and out by RAII guards that also restore on panic.
 //!
-//! Everything the hot paths touch lives in one `thread_local!` with a `const` initialiser, so a
-//! context switch or a `get_store` costs one TLS access and a few `Cell` reads and writes.
+//! The thread's state is a `const`-initialised `thread_local!` with no destructor, so reaching it
+//! compiles to a plain thread-pointer-relative access: no lazy registration, no "already
+//! destroyed" check, and it stays usable while the thread's other locals are torn down. Entering
+//! an execution stores one pointer and swaps one frame pointer; nothing is copied.
 
 use std::cell::Cell;
+use std::ptr;
 
-use crate::hooks::{self, Kind, ThreadHooks};
+use crate::hooks::{self, Kind};
 use crate::id::{AsyncId, IdBlock};
-use crate::resource::{ROOT_TYPE, Resource, ResourceType};
+use crate::resource::{Identity, ROOT_IDENTITY, Resource};
 use crate::storage::{Frame, FrameCell};
-
-/// The whole context of an execution: what `execution_async_id()` and friends report, the
-/// resource handle (if materialised) and the storage frame.
-///
-/// A future keeps its own `ExecContext` and *swaps* it with the thread's on entering and leaving
-/// a poll: no copy of the caller's context is made, and what the poll did (a handle materialised,
-/// an `enter_with`) stays with the future.
-#[derive(Clone)]
-pub(crate) struct ExecContext {
-    pub(crate) async_id: AsyncId,
-    pub(crate) trigger_id: AsyncId,
-    pub(crate) ty: &'static ResourceType,
-    pub(crate) handle: Option<Resource>,
-    pub(crate) frame: Frame,
-}
 
 pub(crate) struct ThreadState {
     pub(crate) ids: IdBlock,
-    // The ids and type live in separate 8-byte cells: moving a 24-byte struct through a `Cell`
-    // on every switch cost store-forwarding stalls.
-    async_id: Cell<AsyncId>,
-    trigger_id: Cell<AsyncId>,
-    ty: Cell<&'static ResourceType>,
-    /// The running resource's handle, if one was materialised (by an `init` hook or by
-    /// `execution_async_resource()`); created lazily so that resources cost no allocation while
-    /// nobody looks at them.
-    resource: Cell<Option<Resource>>,
+    /// The running resource's identity: [`ROOT_IDENTITY`], or one that an [`Entered`] guard
+    /// further up this thread's stack borrows (the guard puts the previous pointer back before
+    /// that borrow ends).
+    current: Cell<*const Identity>,
     /// The storage frame of the running execution.
     pub(crate) frame: FrameCell,
-    pub(crate) hooks: ThreadHooks,
 }
+
+// The fast access above depends on this: a thread-local with drop glue is reached through a
+// lazily registering accessor instead.
+const _: () = assert!(!std::mem::needs_drop::<ThreadState>());
 
 thread_local! {
     static STATE: ThreadState = const {
         ThreadState {
             ids: IdBlock::new(),
-            async_id: Cell::new(AsyncId::ROOT),
-            trigger_id: Cell::new(AsyncId::NONE),
-            ty: Cell::new(&ROOT_TYPE),
-            resource: Cell::new(None),
+            current: Cell::new(&ROOT_IDENTITY),
             frame: FrameCell::new(),
-            hooks: ThreadHooks::new(),
         }
     };
 }
 
-/// Runs `f` with this thread's state. Panics only if called while the thread's locals are being
-/// destroyed; drop paths use [`try_with_state`] instead.
-#[inline]
+/// Runs `f` with this thread's state.
+#[inline(always)]
 pub(crate) fn with_state<R>(f: impl FnOnce(&ThreadState) -> R) -> R {
-    STATE.with(f)
-}
-
-/// Like [`with_state`], but `None` while the thread's locals are being destroyed.
-#[inline]
-pub(crate) fn try_with_state<R>(f: impl FnOnce(&ThreadState) -> R) -> Option<R> {
-    STATE.try_with(f).ok()
+    // Only the pointer is taken inside `with`, so that the access always inlines to a
+    // thread-pointer-relative address (a large closure inside `with` made LLVM keep the generic
+    // accessor call).
+    let state = STATE.with(ptr::from_ref);
+    // SAFETY: a `const`-initialised thread-local without drop glue is never destroyed before its
+    // thread ends, so the pointer is valid for this call; the reference cannot leave the thread
+    // (`ThreadState` is `!Sync`, so `&ThreadState` is `!Send`) and lives only for `f`.
+    #[allow(unsafe_code)]
+    f(unsafe { &*state })
 }
 
 impl ThreadState {
-    #[inline]
+    /// The running resource's identity, for as long as `f` runs.
+    #[inline(always)]
+    fn with_current<R>(&self, f: impl FnOnce(&Identity) -> R) -> R {
+        // SAFETY: `current` is `ROOT_IDENTITY` (a static) or borrowed by a live `Entered` guard
+        // higher up this thread's stack, which outlives this call: `f` cannot end that guard,
+        // since guards end in the scope that made them (strictly nested).
+        #[allow(unsafe_code)]
+        f(unsafe { &*self.current.get() })
+    }
+
+    #[inline(always)]
     pub(crate) fn execution_async_id(&self) -> AsyncId {
-        self.async_id.get()
+        self.with_current(|identity| identity.async_id)
     }
 
-    /// Exchanges the thread's context with `ctx`, field by field in place: called once to enter
-    /// an execution and once more to leave it.
-    #[inline]
-    pub(crate) fn swap(&self, ctx: &mut ExecContext) {
-        ctx.async_id = self.async_id.replace(ctx.async_id);
-        ctx.trigger_id = self.trigger_id.replace(ctx.trigger_id);
-        ctx.ty = self.ty.replace(ctx.ty);
-        ctx.handle = self.resource.replace(ctx.handle.take());
-        ctx.frame = self.frame.replace(std::mem::take(&mut ctx.frame));
+    #[inline(always)]
+    pub(crate) fn trigger_async_id(&self) -> AsyncId {
+        self.with_current(|identity| identity.trigger_id)
     }
 
-    /// The running resource's handle, materialised on first use and kept for the rest of the
-    /// scope (and given back to the resource when the scope ends, so it stays the same handle).
+    /// The running resource's handle, made on first use and kept by the resource (so it stays
+    /// the same handle for the rest of the resource's life).
     pub(crate) fn current_resource(&self) -> Resource {
-        let handle = match self.resource.take() {
-            Some(handle) => handle,
-            None => {
-                let async_id = self.async_id.get();
-                if async_id == AsyncId::ROOT {
-                    Resource::root()
-                } else {
-                    Resource::new(async_id, self.trigger_id.get(), self.ty.get())
-                }
-            }
-        };
-        self.resource.set(Some(handle.clone()));
-        handle
+        self.with_current(Identity::handle)
     }
 
     /// A clone of the current storage frame (O(1): one refcount increment, none when empty).
@@ -131,7 +106,7 @@ impl ThreadState {
 /// ```
 #[inline]
 pub fn execution_async_id() -> AsyncId {
-    try_with_state(|s| s.async_id.get()).unwrap_or(AsyncId::ROOT)
+    with_state(ThreadState::execution_async_id)
 }
 
 /// The trigger id of the running resource: the execution that created it. [`AsyncId::NONE`] at
@@ -146,7 +121,7 @@ pub fn execution_async_id() -> AsyncId {
 /// ```
 #[inline]
 pub fn trigger_async_id() -> AsyncId {
-    try_with_state(|s| s.trigger_id.get()).unwrap_or(AsyncId::NONE)
+    with_state(ThreadState::trigger_async_id)
 }
 
 /// A handle to the running resource: the very handle passed to `init` hooks for it. Outside every
@@ -167,40 +142,49 @@ pub fn trigger_async_id() -> AsyncId {
 /// });
 /// ```
 pub fn execution_async_resource() -> Resource {
-    try_with_state(ThreadState::current_resource).unwrap_or_else(Resource::root)
+    with_state(ThreadState::current_resource)
 }
 
-/// A running execution: the thread is switched to a context (swapped in) and `before` has fired;
-/// dropping it fires `after` and swaps the caller's context back — also during a panic.
-pub(crate) struct Entered<'a> {
+/// A running execution: the thread points at the resource's identity and holds its frame, and
+/// (with `EVENTS`) `before` has fired; dropping it fires `after` and switches back — also during
+/// a panic. Without `EVENTS` the switch is silent (dropping a future inside its own context).
+pub(crate) struct Entered<'a, const EVENTS: bool> {
     state: &'a ThreadState,
-    ctx: &'a mut ExecContext,
-    events: bool,
+    identity: &'a Identity,
+    previous: *const Identity,
+    /// The resource's frame while outside; the caller's while entered.
+    frame: &'a mut Frame,
 }
 
-impl<'a> Entered<'a> {
-    /// Enters `ctx`. With `events`, `before`/`after` fire (a poll or a scoped call); without, the
-    /// switch is silent (dropping a future inside its own context).
-    #[inline]
+impl<'a, const EVENTS: bool> Entered<'a, EVENTS> {
+    #[inline(always)]
     pub(crate) fn enter(
         state: &'a ThreadState,
-        ctx: &'a mut ExecContext,
-        events: bool,
-    ) -> Entered<'a> {
-        state.swap(ctx);
-        if events {
-            hooks::emit_id(state, Kind::Before, state.async_id.get());
+        identity: &'a Identity,
+        frame: &'a mut Frame,
+    ) -> Entered<'a, EVENTS> {
+        let previous = state.current.replace(identity);
+        state.frame.swap(frame);
+        // Cannot unwind (see `hooks::dispatch_id`), so the guard needs to exist only after it.
+        if EVENTS {
+            hooks::emit_id(Kind::Before, identity.async_id);
         }
-        Entered { state, ctx, events }
+        Entered {
+            state,
+            identity,
+            previous,
+            frame,
+        }
     }
 }
 
-impl Drop for Entered<'_> {
-    #[inline]
+impl<const EVENTS: bool> Drop for Entered<'_, EVENTS> {
+    #[inline(always)]
     fn drop(&mut self) {
-        if self.events {
-            hooks::emit_id(self.state, Kind::After, self.state.async_id.get());
+        if EVENTS {
+            hooks::emit_id(Kind::After, self.identity.async_id);
         }
-        self.state.swap(self.ctx);
+        self.state.frame.swap(self.frame);
+        self.state.current.set(self.previous);
     }
 }

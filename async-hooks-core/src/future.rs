@@ -5,9 +5,12 @@ use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
-use crate::context::{Entered, ExecContext, ThreadState, try_with_state, with_state};
+use std::mem::ManuallyDrop;
+
+use crate::context::{Entered, ThreadState, with_state};
 use crate::hooks::{self, Kind};
-use crate::resource::ResourceType;
+use crate::resource::{Identity, ResourceType};
+use crate::storage::Frame;
 
 /// The type of resources made by `bind!` and [`BindContext::bind_context`] without a type name.
 #[doc(hidden)]
@@ -47,26 +50,34 @@ pin_project_lite::pin_project! {
     /// ```
     #[must_use = "futures do nothing unless polled"]
     pub struct Instrumented<F> {
+        // Dropped by hand, inside the resource's context: when the poll that returns `Ready`
+        // ends, or when the wrapper is dropped. `identity`'s finished flag says which, so no
+        // `Option` tag is needed.
         #[pin]
-        inner: Option<F>,
-        // The resource's context; during a poll it holds the caller's instead (swapped).
-        ctx: ExecContext,
+        inner: ManuallyDrop<F>,
+        identity: Identity,
+        // The resource's storage frame; during a poll it holds the caller's instead (swapped).
+        frame: Frame,
     }
 
     impl<F> PinnedDrop for Instrumented<F> {
         fn drop(this: Pin<&mut Self>) {
-            let mut this = this.project();
+            let this = this.project();
             // `destroy` comes after the inner future is dropped, and from a guard, so that it is
             // emitted exactly once even if that drop panics.
-            let _destroy = DestroyOnDrop(this.ctx.async_id);
-            if this.inner.is_some() {
-                let dropped_in_context = try_with_state(|state| {
-                    let _entered = Entered::enter(state, this.ctx, false);
-                    this.inner.set(None);
+            let _destroy = DestroyOnDrop(this.identity.async_id);
+            if !this.identity.is_finished() {
+                this.identity.set_finished();
+                with_state(|state| {
+                    let _entered = Entered::<false>::enter(state, this.identity, this.frame);
+                    // SAFETY: the inner future was not dropped yet (not finished) and is never
+                    // touched again (now finished); dropping a pinned value in place keeps the
+                    // pinning guarantee.
+                    #[allow(unsafe_code)]
+                    unsafe {
+                        ManuallyDrop::drop(this.inner.get_unchecked_mut())
+                    };
                 });
-                if dropped_in_context.is_none() {
-                    this.inner.set(None);
-                }
             }
         }
     }
@@ -76,6 +87,7 @@ pin_project_lite::pin_project! {
 struct DestroyOnDrop(crate::AsyncId);
 
 impl Drop for DestroyOnDrop {
+    #[inline]
     fn drop(&mut self) {
         hooks::emit_destroy(self.0);
     }
@@ -91,9 +103,11 @@ impl<F> Instrumented<F> {
 
     #[inline(always)]
     fn create(state: &ThreadState, ty: &'static ResourceType, future: F) -> Instrumented<F> {
+        let frame = state.capture_frame();
         Instrumented {
-            inner: Some(future),
-            ctx: ExecContext::create(state, ty, None),
+            inner: ManuallyDrop::new(future),
+            identity: Identity::create(state, ty, None),
+            frame,
         }
     }
 
@@ -106,7 +120,7 @@ impl<F> Instrumented<F> {
     /// assert!(fut.async_id() > AsyncId::ROOT);
     /// ```
     pub fn async_id(&self) -> crate::AsyncId {
-        self.ctx.async_id
+        self.identity.async_id
     }
 
     /// The id of the execution that created this resource.
@@ -117,7 +131,7 @@ impl<F> Instrumented<F> {
     /// assert_eq!(async { 1 }.bind_context().trigger_async_id(), AsyncId::ROOT);
     /// ```
     pub fn trigger_async_id(&self) -> crate::AsyncId {
-        self.ctx.trigger_id
+        self.identity.trigger_id
     }
 }
 
@@ -126,20 +140,29 @@ impl<F: Future> Future for Instrumented<F> {
 
     #[inline]
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
-        let mut this = self.project();
-        if this.inner.is_none() {
+        let this = self.project();
+        if this.identity.is_finished() {
             panic!("`Instrumented` future polled after it returned `Poll::Ready`");
         }
+        let mut inner = this.inner;
         with_state(|state| {
-            let _entered = Entered::enter(state, this.ctx, true);
-            let Some(inner) = this.inner.as_mut().as_pin_mut() else {
-                unreachable!("checked above")
-            };
-            let poll = inner.poll(cx);
+            let _entered = Entered::<true>::enter(state, this.identity, this.frame);
+            // SAFETY: pin projection through `ManuallyDrop`, which is `repr(transparent)`: the
+            // future is never moved out, and is dropped in place (below or in `PinnedDrop`).
+            #[allow(unsafe_code)]
+            let future = unsafe { inner.as_mut().map_unchecked_mut(|f| &mut **f) };
+            let poll = future.poll(cx);
             if poll.is_ready() {
-                hooks::emit_id(state, Kind::PromiseResolve, state.execution_async_id());
-                // Drop the finished state machine now, inside the resource's context.
-                this.inner.set(None);
+                hooks::emit_id(Kind::PromiseResolve, this.identity.async_id);
+                // Drop the finished state machine now, inside the resource's context. Marked
+                // first, so that a panicking destructor is not run twice.
+                this.identity.set_finished();
+                // SAFETY: not dropped before (it was just polled), never touched again (now
+                // finished); dropped in place, as pinning requires.
+                #[allow(unsafe_code)]
+                unsafe {
+                    ManuallyDrop::drop(inner.get_unchecked_mut())
+                };
             }
             poll
         })
@@ -149,9 +172,9 @@ impl<F: Future> Future for Instrumented<F> {
 impl<F> fmt::Debug for Instrumented<F> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Instrumented")
-            .field("type", &self.ctx.ty.name())
-            .field("async_id", &self.ctx.async_id)
-            .field("trigger_async_id", &self.ctx.trigger_id)
+            .field("type", &self.identity.ty().name())
+            .field("async_id", &self.identity.async_id)
+            .field("trigger_async_id", &self.identity.trigger_id)
             .finish_non_exhaustive()
     }
 }
@@ -212,3 +235,153 @@ pub trait BindContext: Future + Sized {
 }
 
 impl<F: Future> BindContext for F {}
+
+#[cfg(test)]
+mod tests {
+    //! The instrumented future's `unsafe` parts under Miri: the thread's pointer to the running
+    //! resource (nested, across panics), the identity's tagged word (a handle made lazily while
+    //! the future runs, then released with it) and the inner future's in-place drop (on `Ready`,
+    //! on drop while pending, never twice when its destructor panics).
+    use super::*;
+    use crate::context::{execution_async_id, execution_async_resource, trigger_async_id};
+    use crate::id::AsyncId;
+    use crate::resource::AsyncResource;
+    use std::panic::{AssertUnwindSafe, catch_unwind};
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::task::Waker;
+
+    fn poll_once<F: Future>(fut: Pin<&mut F>) -> Poll<F::Output> {
+        fut.poll(&mut Context::from_waker(Waker::noop()))
+    }
+
+    /// Pending on its first poll, ready on the second.
+    struct YieldOnce(bool);
+
+    impl Future for YieldOnce {
+        type Output = ();
+        fn poll(mut self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<()> {
+            if std::mem::replace(&mut self.0, true) {
+                Poll::Ready(())
+            } else {
+                Poll::Pending
+            }
+        }
+    }
+
+    struct CountDrop(Arc<AtomicUsize>, bool);
+
+    impl Drop for CountDrop {
+        fn drop(&mut self) {
+            self.0.fetch_add(1, Ordering::SeqCst);
+            if self.1 {
+                panic!("inner destructor panics");
+            }
+        }
+    }
+
+    #[test]
+    fn nested_polls_point_at_each_resource_and_restore() {
+        let outer = async {
+            let outer_id = execution_async_id();
+            let handle = execution_async_resource();
+            let inner = async { (execution_async_id(), trigger_async_id()) }.bind_context();
+            let inner_id = inner.async_id();
+            let (seen, trigger) = inner.await;
+            assert_eq!((seen, trigger), (inner_id, outer_id));
+            assert_eq!(execution_async_id(), outer_id);
+            // The lazily made handle is kept: the same one on a later poll.
+            YieldOnce(false).await;
+            assert_eq!(execution_async_resource(), handle);
+            assert_eq!(handle.type_name(), "Outer");
+            outer_id
+        }
+        .bind_context_as("Outer");
+        let id = outer.async_id();
+        let mut outer = std::pin::pin!(outer);
+        assert!(poll_once(outer.as_mut()).is_pending());
+        assert_eq!(execution_async_id(), AsyncId::ROOT);
+        assert_eq!(poll_once(outer.as_mut()), Poll::Ready(id));
+        assert_eq!(execution_async_id(), AsyncId::ROOT);
+        assert_eq!(execution_async_resource().type_name(), "ROOT");
+    }
+
+    #[test]
+    fn inner_future_is_dropped_once_in_its_context() {
+        let drops = Arc::new(AtomicUsize::new(0));
+        // Dropped on `Ready`, inside the poll.
+        let guard = CountDrop(drops.clone(), false);
+        let fut = async move {
+            let _guard = guard;
+        }
+        .bind_context();
+        let mut fut = std::pin::pin!(fut);
+        assert!(poll_once(fut.as_mut()).is_ready());
+        assert_eq!(drops.load(Ordering::SeqCst), 1);
+        // Dropped while pending, with a handle made inside (released with the identity).
+        let guard = CountDrop(drops.clone(), false);
+        let mut pending = Box::pin(
+            async move {
+                let _guard = guard;
+                let _ = execution_async_resource();
+                YieldOnce(false).await;
+            }
+            .bind_context(),
+        );
+        assert!(poll_once(pending.as_mut()).is_pending());
+        drop(pending);
+        assert_eq!(drops.load(Ordering::SeqCst), 2);
+        // Never polled.
+        drop(CountDrop(drops.clone(), false).into_future_never_polled());
+        assert_eq!(drops.load(Ordering::SeqCst), 3);
+    }
+
+    impl CountDrop {
+        fn into_future_never_polled(self) -> Instrumented<impl Future<Output = ()>> {
+            async move {
+                let _guard = self;
+            }
+            .bind_context()
+        }
+    }
+
+    #[test]
+    fn panics_in_poll_and_in_the_inner_destructor_restore_the_context() {
+        let drops = Arc::new(AtomicUsize::new(0));
+        let mut fut = Box::pin(async { panic!("inside the poll") }.bind_context());
+        assert!(catch_unwind(AssertUnwindSafe(|| poll_once(fut.as_mut()))).is_err());
+        assert_eq!(execution_async_id(), AsyncId::ROOT);
+        drop(fut);
+        // A destructor that panics when the finished future is dropped inside its poll: not
+        // dropped a second time when the wrapper goes.
+        let guard = CountDrop(drops.clone(), true);
+        let mut fut = Box::pin(
+            async move {
+                let _guard = guard;
+            }
+            .bind_context(),
+        );
+        assert!(catch_unwind(AssertUnwindSafe(|| poll_once(fut.as_mut()))).is_err());
+        assert_eq!(execution_async_id(), AsyncId::ROOT);
+        drop(fut);
+        assert_eq!(drops.load(Ordering::SeqCst), 1);
+    }
+
+    #[test]
+    fn async_resource_scopes_share_one_handle_across_threads() {
+        let resource = Arc::new(AsyncResource::new("Shared"));
+        let handle = resource.resource();
+        let other = {
+            let resource = resource.clone();
+            std::thread::spawn(move || resource.run_in_async_scope(execution_async_resource))
+        };
+        let here = resource.run_in_async_scope(|| {
+            // Nested: a future polled inside the scope, then back to the resource.
+            let mut fut = std::pin::pin!(async { execution_async_id() }.bind_context());
+            assert!(poll_once(fut.as_mut()).is_ready());
+            execution_async_resource()
+        });
+        assert_eq!(here, handle);
+        assert_eq!(other.join().unwrap(), handle);
+    }
+}

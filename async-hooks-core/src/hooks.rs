@@ -14,7 +14,6 @@ use std::panic::{self, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Once, PoisonError};
 
-use crate::context::{ThreadState, try_with_state};
 use crate::id::AsyncId;
 use crate::resource::Resource;
 
@@ -192,6 +191,7 @@ impl fmt::Debug for EventMask {
 
 /// The kind of an event, an index into the per-kind tables.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
+#[repr(u8)]
 pub(crate) enum Kind {
     Init = 0,
     Before = 1,
@@ -220,58 +220,6 @@ impl Kind {
             Kind::After => "after",
             Kind::Destroy => "destroy",
             Kind::PromiseResolve => "promise_resolve",
-        }
-    }
-}
-
-/// One event being dispatched.
-#[derive(Clone, Copy)]
-pub(crate) enum Event<'a> {
-    Init {
-        async_id: AsyncId,
-        type_name: &'a str,
-        trigger_async_id: AsyncId,
-        resource: &'a Resource,
-    },
-    Before(AsyncId),
-    After(AsyncId),
-    Destroy(AsyncId),
-    PromiseResolve(AsyncId),
-}
-
-impl Event<'_> {
-    fn kind(&self) -> Kind {
-        match self {
-            Event::Init { .. } => Kind::Init,
-            Event::Before(_) => Kind::Before,
-            Event::After(_) => Kind::After,
-            Event::Destroy(_) => Kind::Destroy,
-            Event::PromiseResolve(_) => Kind::PromiseResolve,
-        }
-    }
-
-    fn async_id(&self) -> AsyncId {
-        match *self {
-            Event::Init { async_id, .. } => async_id,
-            Event::Before(id)
-            | Event::After(id)
-            | Event::Destroy(id)
-            | Event::PromiseResolve(id) => id,
-        }
-    }
-
-    fn deliver(&self, callbacks: &dyn HookCallbacks) {
-        match *self {
-            Event::Init {
-                async_id,
-                type_name,
-                trigger_async_id,
-                resource,
-            } => callbacks.init(async_id, type_name, trigger_async_id, resource),
-            Event::Before(id) => callbacks.before(id),
-            Event::After(id) => callbacks.after(id),
-            Event::Destroy(id) => callbacks.destroy(id),
-            Event::PromiseResolve(id) => callbacks.promise_resolve(id),
         }
     }
 }
@@ -630,6 +578,10 @@ impl ThreadHooks {
 }
 
 thread_local! {
+    /// This thread's view of the registry: used only while dispatching, so kept out of the
+    /// `Drop`-free thread state that the hot paths touch.
+    static THREAD_HOOKS: ThreadHooks = const { ThreadHooks::new() };
+
     /// How many dispatches are running on this thread (nested events raised by callbacks). Kept
     /// out of `ThreadState`: a `Drop`-free `const` thread-local is one plain load, so the
     /// `destroy` fast path of a dropped resource touches nothing else.
@@ -648,72 +600,85 @@ pub(crate) fn wants(kind: Kind) -> bool {
     COUNTS[kind as usize].load(Ordering::Relaxed) != 0 || depth() != 0
 }
 
-/// Emits `event` on this thread: a no-op unless some hook wants it.
-#[inline]
-pub(crate) fn emit(state: &ThreadState, event: Event<'_>) {
-    if wants(event.kind()) {
-        dispatch(state, event);
-    }
+/// Emits `init` for a new resource. The caller checked [`wants`]`(Kind::Init)` (it made the
+/// handle for it).
+#[cold]
+#[inline(never)]
+pub(crate) fn emit_init(
+    async_id: AsyncId,
+    type_name: &str,
+    trigger_async_id: AsyncId,
+    resource: &Resource,
+) {
+    dispatch(Kind::Init, async_id, |hook| {
+        hook.init(async_id, type_name, trigger_async_id, resource)
+    });
 }
 
 /// Emits a `before`/`after`/`destroy`/`promise_resolve` event: the fast path builds nothing.
-#[inline]
-pub(crate) fn emit_id(state: &ThreadState, kind: Kind, async_id: AsyncId) {
+#[inline(always)]
+pub(crate) fn emit_id(kind: Kind, async_id: AsyncId) {
     if wants(kind) {
-        dispatch_id(state, kind, async_id);
+        dispatch_id(kind, async_id);
     }
 }
 
+// `extern "C"`: a panic cannot unwind out of it (one that escaped the callbacks' own
+// `catch_unwind` aborts). Callers rely on that: `before` fires while the thread points at a
+// resource that only the guard being built will switch away from, and with no unwind edge the
+// guard is built in place instead of being copied between stack slots (a store-forwarding stall
+// on every poll).
 #[cold]
 #[inline(never)]
-fn dispatch_id(state: &ThreadState, kind: Kind, async_id: AsyncId) {
-    let event = match kind {
-        Kind::Before => Event::Before(async_id),
-        Kind::After => Event::After(async_id),
-        Kind::Destroy => Event::Destroy(async_id),
-        Kind::PromiseResolve => Event::PromiseResolve(async_id),
-        Kind::Init => unreachable!("init carries a resource: use `emit`"),
-    };
-    dispatch(state, event);
+extern "C" fn dispatch_id(kind: Kind, async_id: AsyncId) {
+    // One loop per kind, each calling its callback directly: no event value is built and read
+    // back per hook.
+    match kind {
+        Kind::Before => dispatch(kind, async_id, |hook| hook.before(async_id)),
+        Kind::After => dispatch(kind, async_id, |hook| hook.after(async_id)),
+        Kind::Destroy => dispatch(kind, async_id, |hook| hook.destroy(async_id)),
+        Kind::PromiseResolve => dispatch(kind, async_id, |hook| hook.promise_resolve(async_id)),
+        Kind::Init => unreachable!("init carries a resource: use `emit_init`"),
+    }
 }
 
-/// Emits `destroy` from a drop path, where the thread's locals may already be gone.
-#[inline]
+/// Emits `destroy` (from a drop path).
+#[inline(always)]
 pub(crate) fn emit_destroy(async_id: AsyncId) {
-    if wants(Kind::Destroy) {
-        try_with_state(|state| dispatch_id(state, Kind::Destroy, async_id));
-    }
+    emit_id(Kind::Destroy, async_id);
 }
 
-#[cold]
-#[inline(never)]
-fn dispatch(state: &ThreadState, event: Event<'_>) {
-    let hooks = &state.hooks;
-    let depth = depth();
-    if depth == 0 {
-        hooks.refresh();
-    }
-    // Only `refresh` borrows mutably, and only at depth 0, never while callbacks run.
-    let table = hooks.table.borrow();
-    let Some(table) = table.as_deref() else {
-        return;
-    };
-    let list = &table.by_kind[event.kind() as usize];
-    if list.is_empty() {
-        return;
-    }
-    DEPTH.with(|d| d.set(depth + 1));
-    let _depth = DepthGuard;
-    for hook in list {
-        let outer = hooks
-            .in_callback
-            .replace(Some((event.kind(), event.async_id())));
-        let result = panic::catch_unwind(AssertUnwindSafe(|| event.deliver(&*hook.callbacks)));
-        hooks.in_callback.set(outer);
-        if let Err(payload) = result {
-            fatal(event.kind(), event.async_id(), panic_message(&*payload));
+/// Delivers an event to this thread's table of hooks for `kind`, in enable order. While the
+/// thread's locals are being torn down (its view of the registry already gone), events are not
+/// delivered.
+#[inline(always)]
+fn dispatch(kind: Kind, async_id: AsyncId, deliver: impl Fn(&dyn HookCallbacks)) {
+    let _ = THREAD_HOOKS.try_with(|hooks| {
+        let depth = depth();
+        if depth == 0 {
+            hooks.refresh();
         }
-    }
+        // Only `refresh` borrows mutably, and only at depth 0, never while callbacks run.
+        let table = hooks.table.borrow();
+        let Some(table) = table.as_deref() else {
+            return;
+        };
+        let list = &table.by_kind[kind as usize];
+        if list.is_empty() {
+            return;
+        }
+        DEPTH.with(|d| d.set(depth + 1));
+        let _depth = DepthGuard;
+        // A nested dispatch inside a callback puts this back when it returns.
+        let outer = hooks.in_callback.replace(Some((kind, async_id)));
+        for hook in list {
+            let result = panic::catch_unwind(AssertUnwindSafe(|| deliver(&*hook.callbacks)));
+            if let Err(payload) = result {
+                fatal(kind, async_id, panic_message(&*payload));
+            }
+        }
+        hooks.in_callback.set(outer);
+    });
 }
 
 struct DepthGuard;
@@ -754,7 +719,10 @@ fn install_panic_hook() {
     INSTALL.call_once(|| {
         let previous = panic::take_hook();
         panic::set_hook(Box::new(move |info| {
-            let in_callback = try_with_state(|s| s.hooks.in_callback.get()).flatten();
+            let in_callback = THREAD_HOOKS
+                .try_with(|hooks| hooks.in_callback.get())
+                .ok()
+                .flatten();
             match in_callback {
                 Some((kind, async_id)) => {
                     let payload = info.payload();

@@ -4,13 +4,15 @@ use std::any::{Any, TypeId};
 use std::cell::Cell;
 use std::collections::BTreeMap;
 use std::fmt;
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::ptr;
+use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU32, Ordering};
 use std::sync::{Arc, LazyLock, Mutex, PoisonError};
 
-use crate::context::{Entered, ExecContext, ThreadState, with_state};
+use crate::context::{Entered, ThreadState, with_state};
 use crate::error::{Error, ErrorKind};
-use crate::hooks::{self, Event, Kind};
+use crate::hooks::{self, Kind};
 use crate::id::{self, AsyncId};
+use crate::storage::Frame;
 
 /// A resource type (Node's "provider"): a name with a stable numeric id, registered in
 /// [`async_wrap_providers`] the first time a resource of that type is created.
@@ -308,55 +310,157 @@ impl fmt::Debug for Resource {
     }
 }
 
-impl ExecContext {
-    /// Creates a resource on this thread: allocates its id, captures the storage frame and fires
-    /// `init` in the creator's context. The handle is made only if an `init` hook needs it.
-    // Always inlined: returned through memory, the 40-byte context was written in 8-byte
-    // pieces and read back in 16-byte ones (a store-forwarding stall per creation).
+/// Who a resource is: its ids, its type and, once made, its [`Resource`] handle.
+///
+/// It lives inside the resource (an instrumented future or an [`AsyncResource`]), and while the
+/// resource runs the thread points at it, so entering an execution stores one pointer instead of
+/// copying the context. The type and the handle share one tagged word: the handle knows its type,
+/// and a lazily made handle costs no space of its own.
+pub(crate) struct Identity {
+    pub(crate) async_id: AsyncId,
+    pub(crate) trigger_id: AsyncId,
+    /// `&'static ResourceType`, or with [`HANDLE`] an `Arc<ResourceInner>` this identity owns a
+    /// strong reference to; [`FINISHED`] is the owner's flag (see [`Identity::is_finished`]).
+    /// Atomic only so that `Identity` is `Sync`: it is written by its owner alone (an
+    /// instrumented future through `&mut`, an `AsyncResource` never after creation), so
+    /// relaxed loads and stores suffice.
+    word: AtomicPtr<()>,
+}
+
+/// Tag: the word is a handle, not a bare type.
+const HANDLE: usize = 0b01;
+/// Tag: the owner's inner value is gone (an instrumented future that finished or was dropped).
+const FINISHED: usize = 0b10;
+const TAGS: usize = HANDLE | FINISHED;
+// Both pointees are 8-aligned, which leaves the two tag bits free.
+const _: () = assert!(align_of::<ResourceType>() > TAGS && align_of::<ResourceInner>() > TAGS);
+
+/// The identity of the top level of every thread.
+pub(crate) static ROOT_IDENTITY: Identity = Identity {
+    async_id: AsyncId::ROOT,
+    trigger_id: AsyncId::NONE,
+    word: AtomicPtr::new(ptr::from_ref(&ROOT_TYPE).cast_mut().cast()),
+};
+
+impl Identity {
+    fn with_type(async_id: AsyncId, trigger_id: AsyncId, ty: &'static ResourceType) -> Identity {
+        Identity {
+            async_id,
+            trigger_id,
+            word: AtomicPtr::new(ptr::from_ref(ty).cast_mut().cast()),
+        }
+    }
+
+    /// Creates a resource on this thread: allocates its id and fires `init` in the creator's
+    /// context (inside `init`, `execution_async_id()` is the creator's id). The handle is made
+    /// only if an `init` hook needs it.
     #[inline(always)]
     pub(crate) fn create(
         state: &ThreadState,
         ty: &'static ResourceType,
         trigger: Option<AsyncId>,
-    ) -> ExecContext {
+    ) -> Identity {
         ty.register();
         let async_id = state.ids.allocate();
         let trigger_id = trigger.unwrap_or_else(|| state.execution_async_id());
-        let frame = state.capture_frame();
-        let handle = if hooks::wants(Kind::Init) {
-            Some(emit_init(state, async_id, trigger_id, ty))
+        let identity = Identity::with_type(async_id, trigger_id, ty);
+        if hooks::wants(Kind::Init) {
+            emit_init(&identity);
+        }
+        identity
+    }
+
+    #[inline(always)]
+    fn load(&self) -> *mut () {
+        self.word.load(Ordering::Relaxed)
+    }
+
+    /// The resource's type.
+    #[inline]
+    pub(crate) fn ty(&self) -> &'static ResourceType {
+        let word = self.load();
+        let untagged = word.map_addr(|addr| addr & !TAGS);
+        if word.addr() & HANDLE == 0 {
+            // SAFETY: an untagged word is a `&'static ResourceType` (see `with_type`).
+            #[allow(unsafe_code)]
+            unsafe {
+                &*untagged.cast::<ResourceType>()
+            }
         } else {
-            None
-        };
-        ExecContext {
-            async_id,
-            trigger_id,
-            ty,
-            handle,
-            frame,
+            // SAFETY: a `HANDLE` word is an `Arc<ResourceInner>` this identity keeps alive.
+            #[allow(unsafe_code)]
+            unsafe {
+                (*untagged.cast::<ResourceInner>()).ty
+            }
+        }
+    }
+
+    /// The resource's handle, made now if it was not yet (then kept, so that every call and the
+    /// `init` hook see the same handle).
+    pub(crate) fn handle(&self) -> Resource {
+        if self.async_id == AsyncId::ROOT {
+            return Resource::root();
+        }
+        let word = self.load();
+        let untagged = word.map_addr(|addr| addr & !TAGS);
+        if word.addr() & HANDLE != 0 {
+            // SAFETY: a `HANDLE` word holds a strong reference of this identity's; the clone
+            // takes one of its own.
+            #[allow(unsafe_code)]
+            unsafe {
+                let inner = untagged.cast::<ResourceInner>().cast_const();
+                Arc::increment_strong_count(inner);
+                return Resource {
+                    inner: Arc::from_raw(inner),
+                };
+            }
+        }
+        let handle = Resource::new(self.async_id, self.trigger_id, self.ty());
+        let raw = Arc::into_raw(handle.inner.clone()).cast_mut().cast::<()>();
+        // Only the owner writes the word (see its doc), so nothing changed it since `load`.
+        self.word.store(
+            raw.map_addr(|addr| addr | HANDLE | (word.addr() & FINISHED)),
+            Ordering::Relaxed,
+        );
+        handle
+    }
+
+    /// Whether the owner marked its inner value as gone.
+    #[inline(always)]
+    pub(crate) fn is_finished(&self) -> bool {
+        self.load().addr() & FINISHED != 0
+    }
+
+    /// Marks the owner's inner value as gone. Only the owner calls this, through `&mut`.
+    #[inline(always)]
+    pub(crate) fn set_finished(&self) {
+        let word = self.load();
+        self.word
+            .store(word.map_addr(|addr| addr | FINISHED), Ordering::Relaxed);
+    }
+}
+
+impl Drop for Identity {
+    fn drop(&mut self) {
+        let word = *self.word.get_mut();
+        if word.addr() & HANDLE != 0 {
+            let inner = word.map_addr(|addr| addr & !TAGS).cast::<ResourceInner>();
+            // SAFETY: a `HANDLE` word owns one strong reference, released once, here.
+            #[allow(unsafe_code)]
+            drop(unsafe { Arc::from_raw(inner.cast_const()) });
         }
     }
 }
 
 #[cold]
 #[inline(never)]
-fn emit_init(
-    state: &ThreadState,
-    async_id: AsyncId,
-    trigger_id: AsyncId,
-    ty: &'static ResourceType,
-) -> Resource {
-    let handle = Resource::new(async_id, trigger_id, ty);
-    hooks::emit(
-        state,
-        Event::Init {
-            async_id,
-            type_name: ty.name,
-            trigger_async_id: trigger_id,
-            resource: &handle,
-        },
+fn emit_init(identity: &Identity) {
+    hooks::emit_init(
+        identity.async_id,
+        identity.ty().name,
+        identity.trigger_id,
+        &identity.handle(),
     );
-    handle
 }
 
 /// Options for [`AsyncResource::with_options`], Node's `new AsyncResource(type, options)`.
@@ -404,7 +508,9 @@ pub struct AsyncResource {
     /// Its handle is materialised up front (unlike a future's): an `AsyncResource` is shared
     /// (`&self`, `Sync`), so a lazily made handle could differ between threads or between
     /// `resource()` and the running scope.
-    ctx: ExecContext,
+    identity: Identity,
+    /// The storage frame captured at creation; each scope starts from it.
+    frame: Frame,
     destroyed: AtomicBool,
     manual_destroy: bool,
 }
@@ -465,22 +571,37 @@ impl AsyncResource {
                 ));
             }
             let ty = ResourceType::intern(type_name);
-            Ok(AsyncResource {
-                ctx: materialised(ExecContext::create(state, ty, options.trigger_async_id)),
-                destroyed: AtomicBool::new(false),
-                manual_destroy: options.require_manual_destroy,
-            })
+            Ok(AsyncResource::create(
+                state,
+                ty,
+                options.trigger_async_id,
+                options.require_manual_destroy,
+            ))
         })
     }
 
     /// A resource of a static type, for `bind!` (which declares the type at the call site).
     #[doc(hidden)]
     pub fn __with_type(ty: &'static ResourceType) -> AsyncResource {
-        with_state(|state| AsyncResource {
-            ctx: materialised(ExecContext::create(state, ty, None)),
+        with_state(|state| AsyncResource::create(state, ty, None, false))
+    }
+
+    fn create(
+        state: &ThreadState,
+        ty: &'static ResourceType,
+        trigger: Option<AsyncId>,
+        manual_destroy: bool,
+    ) -> AsyncResource {
+        let frame = state.capture_frame();
+        let identity = Identity::create(state, ty, trigger);
+        // Made now if `init` did not: every thread must see the same handle.
+        drop(identity.handle());
+        AsyncResource {
+            identity,
+            frame,
             destroyed: AtomicBool::new(false),
-            manual_destroy: false,
-        })
+            manual_destroy,
+        }
     }
 
     /// Calls `f` in this resource's execution context: its ids, and the storage captured when
@@ -495,9 +616,9 @@ impl AsyncResource {
     /// assert_eq!(ids, (r.async_id(), r.trigger_async_id()));
     /// ```
     pub fn run_in_async_scope<R>(&self, f: impl FnOnce() -> R) -> R {
+        let mut frame = self.frame.clone();
         with_state(|state| {
-            let mut ctx = self.ctx.clone();
-            let _entered = Entered::enter(state, &mut ctx, true);
+            let _entered = Entered::<true>::enter(state, &self.identity, &mut frame);
             f()
         })
     }
@@ -519,11 +640,11 @@ impl AsyncResource {
                 format!(
                     "emit_destroy() was already called for async id {}; call it at most once \
                      (dropping the resource afterwards emits nothing more)",
-                    self.ctx.async_id
+                    self.identity.async_id
                 ),
             ));
         }
-        hooks::emit_destroy(self.ctx.async_id);
+        hooks::emit_destroy(self.identity.async_id);
         Ok(self)
     }
 
@@ -534,7 +655,7 @@ impl AsyncResource {
     /// assert!(AsyncResource::new("Job").async_id() > AsyncId::ROOT);
     /// ```
     pub fn async_id(&self) -> AsyncId {
-        self.ctx.async_id
+        self.identity.async_id
     }
 
     /// The id of the execution that created this resource (or the explicit trigger).
@@ -544,7 +665,7 @@ impl AsyncResource {
     /// assert_eq!(AsyncResource::new("Job").trigger_async_id(), AsyncId::ROOT);
     /// ```
     pub fn trigger_async_id(&self) -> AsyncId {
-        self.ctx.trigger_id
+        self.identity.trigger_id
     }
 
     /// The [`Resource`] handle: the one `init` hooks saw and `execution_async_resource()`
@@ -556,10 +677,7 @@ impl AsyncResource {
     /// assert_eq!(r.run_in_async_scope(execution_async_resource), r.resource());
     /// ```
     pub fn resource(&self) -> Resource {
-        self.ctx
-            .handle
-            .clone()
-            .expect("an AsyncResource's handle is made at creation")
+        self.identity.handle()
     }
 
     /// The type name given at creation.
@@ -569,14 +687,14 @@ impl AsyncResource {
     /// assert_eq!(AsyncResource::new("Job").type_name(), "Job");
     /// ```
     pub fn type_name(&self) -> &'static str {
-        self.ctx.ty.name
+        self.identity.ty().name
     }
 }
 
 impl Drop for AsyncResource {
     fn drop(&mut self) {
         if !self.manual_destroy && !*self.destroyed.get_mut() {
-            hooks::emit_destroy(self.ctx.async_id);
+            hooks::emit_destroy(self.identity.async_id);
         }
     }
 }
@@ -589,12 +707,4 @@ impl fmt::Debug for AsyncResource {
             .field("trigger_async_id", &self.trigger_async_id())
             .finish()
     }
-}
-
-/// Gives a context its handle now, if `init` did not.
-fn materialised(mut ctx: ExecContext) -> ExecContext {
-    if ctx.handle.is_none() {
-        ctx.handle = Some(Resource::new(ctx.async_id, ctx.trigger_id, ctx.ty));
-    }
-    ctx
 }

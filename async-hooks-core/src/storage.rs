@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
 
-use crate::context::{ThreadState, try_with_state, with_state};
+use crate::context::{ThreadState, with_state};
 
 #[allow(unsafe_code)]
 mod frame;
@@ -101,7 +101,7 @@ fn lookup_current<R>(key: u64, hint: &AtomicU32, f: impl FnOnce(&Option<Value>) 
     if key == 0 {
         return None;
     }
-    try_with_state(|state| {
+    with_state(|state| {
         // SAFETY: the lookup and `f` (an `Arc` clone and cast, see the callers) run no user code,
         // so nothing can change the cell meanwhile.
         #[allow(unsafe_code)]
@@ -111,7 +111,24 @@ fn lookup_current<R>(key: u64, hint: &AtomicU32, f: impl FnOnce(&Option<Value>) 
                 .peek(|frame| frame.lookup_hinted(key, hint).map(|e| f(&e.value)))
         }
     })
-    .flatten()
+}
+
+/// Drops this thread's leftover frame when the thread ends. The thread's frame cell has no
+/// `Drop` (the hot paths need a thread state without one), so the operations that can leave a
+/// frame in it past every scope — `enter_with` at the top level, a forgotten `enter_scope`
+/// guard — register this. A no-op after the first call on a thread.
+fn release_at_thread_exit() {
+    struct Release;
+    impl Drop for Release {
+        fn drop(&mut self) {
+            with_state(|state| drop(state.frame.take()));
+        }
+    }
+    thread_local! {
+        static RELEASE: Release = const { Release };
+    }
+    // Fails only while the thread's locals are being destroyed, when it is too late to register.
+    let _ = RELEASE.try_with(|_| ());
 }
 
 /// The store of an entry of a storage of `T`, by reference.
@@ -297,13 +314,13 @@ impl<T: Send + Sync + 'static> AsyncLocalStorage<T> {
         if key != 0 {
             // The thread's frame is lent to this call, not cloned: `f` may change the context
             // (`run`, `enter_with`, poll a future) and the store it looks at stays alive anyway.
-            let ran = try_with_state(|state| {
+            let ran = with_state(|state| {
                 let lent = state.frame.lend();
                 let entry = lent.frame().lookup_hinted(key, &self.position_hint)?;
                 let store = entry.value.as_ref().map(store_ref::<T>);
                 f.take().map(|f| f(store))
             });
-            if let Some(Some(result)) = ran {
+            if let Some(result) = ran {
                 return result;
             }
         }
@@ -380,6 +397,7 @@ impl<T: Send + Sync + 'static> AsyncLocalStorage<T> {
     pub fn enter_with(&self, store: T) {
         let key = self.write_key();
         let value: Value = Arc::new(store);
+        release_at_thread_exit();
         with_state(|state| {
             let frame = state.frame.take();
             let next = frame.with(key, Some(Some(value)));
@@ -404,6 +422,7 @@ impl<T: Send + Sync + 'static> AsyncLocalStorage<T> {
     pub fn enter_scope(&self, store: T) -> StorageGuard<'_, T> {
         let key = self.write_key();
         let value: Value = Arc::new(store);
+        release_at_thread_exit();
         let entry = with_state(|state| KeyEntry::set(state, key, Some(value)));
         StorageGuard {
             entry: Some(entry),
@@ -507,7 +526,7 @@ impl<T> Drop for StorageGuard<'_, T> {
     fn drop(&mut self) {
         if let Some(entry) = self.entry.take() {
             let current_key = self.storage.key.load(Ordering::Relaxed);
-            try_with_state(|state| entry.restore(state, current_key));
+            with_state(|state| entry.restore(state, current_key));
         }
     }
 }
@@ -614,7 +633,7 @@ impl Snapshot {
     /// ```
     pub fn capture() -> Snapshot {
         Snapshot {
-            frame: try_with_state(ThreadState::capture_frame).unwrap_or_default(),
+            frame: with_state(ThreadState::capture_frame),
         }
     }
 

@@ -151,6 +151,10 @@ const LENT: usize = 1;
 
 /// The thread's current frame.
 ///
+/// It has no `Drop` (the thread state that holds it must have none, to be reached cheaply):
+/// whoever leaves a frame in a thread's cell past every scope registers
+/// `storage::release_at_thread_exit`.
+///
 /// It holds a raw `Arc<FrameData>` pointer (null: the empty frame). Untagged, the cell owns that
 /// strong reference. Tagged with [`LENT`], the reference belongs to the [`LentFrame`] guard that
 /// tagged it, which is alive higher up the same thread's stack. Guards nest strictly: the
@@ -215,6 +219,17 @@ impl FrameCell {
         let raw = self.raw.replace(FrameCell::into_raw(frame));
         // SAFETY: `raw` was in the cell and has just been replaced there.
         unsafe { FrameCell::owned(raw) }
+    }
+
+    /// Exchanges the cell's frame with `frame`: how an execution is entered and left.
+    #[inline(always)]
+    pub(crate) fn swap(&self, frame: &mut Frame) {
+        let incoming = FrameCell::into_raw(std::mem::take(frame));
+        let raw = self.raw.replace(incoming);
+        // SAFETY: `raw` was in the cell and has just been replaced there.
+        let outgoing = unsafe { FrameCell::owned(raw) };
+        // `*frame` is the empty frame here: nothing to drop.
+        std::mem::forget(std::mem::replace(frame, outgoing));
     }
 
     /// Puts `frame` in, dropping the previous frame only after the new one is in place (a
@@ -282,12 +297,6 @@ impl FrameCell {
             lender,
             _not_send: std::marker::PhantomData,
         }
-    }
-}
-
-impl Drop for FrameCell {
-    fn drop(&mut self) {
-        drop(self.take());
     }
 }
 
@@ -378,7 +387,7 @@ mod tests {
         // store it held is still shared by the new frame.
         assert_eq!(read(&cell.get(), 2), Some(21));
         assert_eq!(drops.load(Ordering::SeqCst), 0);
-        drop(cell);
+        drop(cell.take());
         assert_eq!(drops.load(Ordering::SeqCst), 1);
     }
 
@@ -454,7 +463,7 @@ mod tests {
         assert!(result.is_err());
         // The guard gave the reference back during unwinding: the cell still owns it.
         assert!(cell.get().lookup(1).is_some());
-        drop(cell);
+        drop(cell.take());
         assert_eq!(drops.load(Ordering::SeqCst), 1);
     }
 
