@@ -339,18 +339,10 @@ const _: () = assert!(align_of::<ResourceType>() > TAGS && align_of::<ResourceIn
 pub(crate) static ROOT_IDENTITY: Identity = Identity {
     async_id: AsyncId::ROOT,
     trigger_id: AsyncId::NONE,
-    word: AtomicPtr::new(ptr::from_ref(&ROOT_TYPE).cast_mut().cast()),
+    word: AtomicPtr::new(type_word(&ROOT_TYPE)),
 };
 
 impl Identity {
-    fn with_type(async_id: AsyncId, trigger_id: AsyncId, ty: &'static ResourceType) -> Identity {
-        Identity {
-            async_id,
-            trigger_id,
-            word: AtomicPtr::new(ptr::from_ref(ty).cast_mut().cast()),
-        }
-    }
-
     /// Creates a resource on this thread: allocates its id and fires `init` in the creator's
     /// context (inside `init`, `execution_async_id()` is the creator's id). The handle is made
     /// only if an `init` hook needs it.
@@ -363,11 +355,19 @@ impl Identity {
         ty.register();
         let async_id = state.ids.allocate();
         let trigger_id = trigger.unwrap_or_else(|| state.execution_async_id());
-        let identity = Identity::with_type(async_id, trigger_id, ty);
-        if hooks::wants(Kind::Init) {
-            emit_init(&identity);
+        let word = if hooks::wants(Kind::Init) {
+            emit_init(async_id, trigger_id, ty)
+        } else {
+            type_word(ty)
+        };
+        // Built from values, not through a reference: taking the identity's address for the
+        // `init` call kept it in a temporary that was then copied into the wrapper with 16-byte
+        // loads over fresh 8-byte stores (a store-forwarding stall per resource).
+        Identity {
+            async_id,
+            trigger_id,
+            word: AtomicPtr::new(word),
         }
-        identity
     }
 
     #[inline(always)]
@@ -415,11 +415,10 @@ impl Identity {
                 };
             }
         }
-        let handle = Resource::new(self.async_id, self.trigger_id, self.ty());
-        let raw = Arc::into_raw(handle.inner.clone()).cast_mut().cast::<()>();
+        let (handle, handle_word) = new_handle(self.async_id, self.trigger_id, self.ty());
         // Only the owner writes the word (see its doc), so nothing changed it since `load`.
         self.word.store(
-            raw.map_addr(|addr| addr | HANDLE | (word.addr() & FINISHED)),
+            handle_word.map_addr(|addr| addr | (word.addr() & FINISHED)),
             Ordering::Relaxed,
         );
         handle
@@ -452,15 +451,39 @@ impl Drop for Identity {
     }
 }
 
+/// The identity word of a resource of type `ty` with no handle yet.
+#[inline(always)]
+const fn type_word(ty: &'static ResourceType) -> *mut () {
+    ptr::from_ref(ty).cast_mut().cast()
+}
+
+/// A new handle, and the identity word that owns one strong reference to it.
+fn new_handle(
+    async_id: AsyncId,
+    trigger_id: AsyncId,
+    ty: &'static ResourceType,
+) -> (Resource, *mut ()) {
+    let handle = Resource::new(async_id, trigger_id, ty);
+    let raw = Arc::into_raw(handle.inner.clone()).cast_mut().cast::<()>();
+    (handle, raw.map_addr(|addr| addr | HANDLE))
+}
+
+/// Makes the new resource's handle, fires `init` with it and returns the identity word that
+/// keeps it.
+// `extern "C"`, so it cannot unwind (a hook's panic is fatal anyway): the wrapper being built
+// around this call then needs no landing pad and is built in place. Never called from C; the ABI
+// is only for the no-unwind guarantee.
+#[allow(improper_ctypes_definitions)]
 #[cold]
 #[inline(never)]
-fn emit_init(identity: &Identity) {
-    hooks::emit_init(
-        identity.async_id,
-        identity.ty().name,
-        identity.trigger_id,
-        &identity.handle(),
-    );
+extern "C" fn emit_init(
+    async_id: AsyncId,
+    trigger_id: AsyncId,
+    ty: &'static ResourceType,
+) -> *mut () {
+    let (handle, word) = new_handle(async_id, trigger_id, ty);
+    hooks::emit_init(async_id, ty.name, trigger_id, &handle);
+    word
 }
 
 /// Options for [`AsyncResource::with_options`], Node's `new AsyncResource(type, options)`.
