@@ -21,7 +21,7 @@ use crate::id::AsyncId;
 use crate::resource::Resource;
 
 /// The registry's synchronisation primitives: std's, or loom's under `--cfg async_hooks_loom`
-/// (model tests). A custom cfg rather than `loom`, which would also
+/// (the model tests in `hooks/loom_tests.rs`). A custom cfg rather than `loom`, which would also
 /// switch tokio's own loom code on.
 mod sync {
     #[cfg(async_hooks_loom)]
@@ -33,6 +33,9 @@ mod sync {
     #[cfg(not(async_hooks_loom))]
     pub(super) use std::sync::{Mutex, MutexGuard};
 }
+
+#[cfg(all(test, async_hooks_loom))]
+mod loom_tests;
 
 /// The lifecycle callbacks of a hook, Node's `createHook({ init, before, after, destroy,
 /// promiseResolve })`.
