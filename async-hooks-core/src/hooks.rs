@@ -7,15 +7,34 @@
 //! dispatch returns. With no hook enabled for an event kind, emitting it costs one relaxed atomic
 //! load.
 
-use std::cell::{Cell, RefCell};
+use std::cell::{Cell, Ref, RefCell};
 use std::fmt;
 use std::ops::BitOr;
 use std::panic::{self, AssertUnwindSafe};
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, Once, PoisonError};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Once, PoisonError};
+
+use self::sync::{AtomicU32, AtomicU64, Mutex, MutexGuard};
 
 use crate::id::AsyncId;
 use crate::resource::Resource;
+
+/// The registry's synchronisation primitives: std's, or loom's under `--cfg async_hooks_loom`
+/// (the model tests in `hooks/loom_tests.rs`). A custom cfg rather than `loom`, which would also
+/// switch tokio's own loom code on.
+mod sync {
+    #[cfg(async_hooks_loom)]
+    pub(super) use loom::sync::atomic::{AtomicU32, AtomicU64};
+    #[cfg(async_hooks_loom)]
+    pub(super) use loom::sync::{Mutex, MutexGuard};
+    #[cfg(not(async_hooks_loom))]
+    pub(super) use std::sync::atomic::{AtomicU32, AtomicU64};
+    #[cfg(not(async_hooks_loom))]
+    pub(super) use std::sync::{Mutex, MutexGuard};
+}
+
+#[cfg(all(test, async_hooks_loom))]
+mod loom_tests;
 
 /// The lifecycle callbacks of a hook, Node's `createHook({ init, before, after, destroy,
 /// promiseResolve })`.
@@ -455,12 +474,7 @@ impl AsyncHook {
     /// ```
     pub fn enable(&self) -> AsyncHook {
         install_panic_hook();
-        let mut registry = registry();
-        if !registry.enabled.iter().any(|h| Arc::ptr_eq(h, &self.inner)) {
-            registry.enabled.push(self.inner.clone());
-            self.inner.enabled.store(true, Ordering::Relaxed);
-            registry.publish();
-        }
+        registry().enable(&self.inner);
         self.clone()
     }
 
@@ -476,13 +490,7 @@ impl AsyncHook {
     /// assert!(!hook.is_enabled());
     /// ```
     pub fn disable(&self) -> AsyncHook {
-        let mut registry = registry();
-        let before = registry.enabled.len();
-        registry.enabled.retain(|h| !Arc::ptr_eq(h, &self.inner));
-        if registry.enabled.len() != before {
-            self.inner.enabled.store(false, Ordering::Relaxed);
-            registry.publish();
-        }
+        registry().disable(&self.inner);
         self.clone()
     }
 
@@ -503,32 +511,111 @@ struct HookTable {
     by_kind: [Vec<Arc<HookInner>>; 5],
 }
 
+impl HookTable {
+    /// The hooks an event of `kind` is delivered to, in enable order.
+    fn list(&self, kind: Kind) -> &[Arc<HookInner>] {
+        &self.by_kind[kind as usize]
+    }
+}
+
+/// The enabled hooks in enable order and the last table published from them.
 struct Registry {
     enabled: Vec<Arc<HookInner>>,
     table: Option<Arc<HookTable>>,
     version: u64,
 }
 
-static REGISTRY: Mutex<Registry> = Mutex::new(Registry {
-    enabled: Vec::new(),
-    table: None,
-    version: 0,
-});
-/// Bumped (under the registry lock) each time a new table is published.
-static VERSION: AtomicU64 = AtomicU64::new(0);
-/// Enabled hooks per event kind: the fast path's only check.
-static COUNTS: [AtomicU32; 5] = [const { AtomicU32::new(0) }; 5];
-
-fn registry() -> MutexGuard<'static, Registry> {
-    // A panic while holding the lock cannot leave the registry half-updated: `publish` builds the
-    // new table before touching shared state.
-    REGISTRY.lock().unwrap_or_else(PoisonError::into_inner)
+/// The registry behind its lock, with what readers check without taking it. The process has one,
+/// [`registry()`]; the loom tests make one per model run.
+struct HookRegistry {
+    locked: Mutex<Registry>,
+    /// Bumped (under the lock) each time a new table is published.
+    version: AtomicU64,
+    /// Enabled hooks per event kind: the fast path's only check.
+    counts: [AtomicU32; 5],
 }
 
-impl Registry {
-    fn publish(&mut self) {
+#[cfg(not(async_hooks_loom))]
+static REGISTRY: HookRegistry = HookRegistry::new();
+
+/// The process's registry.
+#[cfg(not(async_hooks_loom))]
+#[inline(always)]
+fn registry() -> &'static HookRegistry {
+    &REGISTRY
+}
+
+/// The process's registry (loom's primitives cannot be built in a `static`).
+#[cfg(async_hooks_loom)]
+fn registry() -> &'static HookRegistry {
+    loom::lazy_static! {
+        static ref REGISTRY: HookRegistry = HookRegistry::new();
+    }
+    &REGISTRY
+}
+
+impl HookRegistry {
+    #[cfg(not(async_hooks_loom))]
+    const fn new() -> HookRegistry {
+        HookRegistry {
+            locked: Mutex::new(Registry {
+                enabled: Vec::new(),
+                table: None,
+                version: 0,
+            }),
+            version: AtomicU64::new(0),
+            counts: [const { AtomicU32::new(0) }; 5],
+        }
+    }
+
+    #[cfg(async_hooks_loom)]
+    fn new() -> HookRegistry {
+        HookRegistry {
+            locked: Mutex::new(Registry {
+                enabled: Vec::new(),
+                table: None,
+                version: 0,
+            }),
+            version: AtomicU64::new(0),
+            counts: std::array::from_fn(|_| AtomicU32::new(0)),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Registry> {
+        // A panic while holding the lock cannot leave the registry half-updated: `publish` builds
+        // the new table before touching shared state.
+        self.locked.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Appends `hook` unless it is enabled, and publishes. Returns whether anything changed.
+    fn enable(&self, hook: &Arc<HookInner>) -> bool {
+        let mut registry = self.lock();
+        if registry.enabled.iter().any(|h| Arc::ptr_eq(h, hook)) {
+            return false;
+        }
+        registry.enabled.push(hook.clone());
+        hook.enabled.store(true, Ordering::Relaxed);
+        self.publish(&mut registry);
+        true
+    }
+
+    /// Removes `hook` if it is enabled, and publishes. Returns whether anything changed.
+    fn disable(&self, hook: &Arc<HookInner>) -> bool {
+        let mut registry = self.lock();
+        let before = registry.enabled.len();
+        registry.enabled.retain(|h| !Arc::ptr_eq(h, hook));
+        if registry.enabled.len() == before {
+            return false;
+        }
+        hook.enabled.store(false, Ordering::Relaxed);
+        self.publish(&mut registry);
+        true
+    }
+
+    /// Builds the table of `registry.enabled` and publishes it; called with the lock held.
+    fn publish(&self, registry: &mut Registry) {
         let mut table = HookTable::default();
-        for hook in &self.enabled {
+        for hook in &registry.enabled {
             for kind in Kind::ALL {
                 if hook.events.contains(kind.mask()) {
                     table.by_kind[kind as usize].push(hook.clone());
@@ -536,12 +623,19 @@ impl Registry {
             }
         }
         for kind in Kind::ALL {
-            COUNTS[kind as usize]
-                .store(table.by_kind[kind as usize].len() as u32, Ordering::Relaxed);
+            self.counts[kind as usize].store(table.list(kind).len() as u32, Ordering::Relaxed);
         }
-        self.table = Some(Arc::new(table));
-        self.version += 1;
-        VERSION.store(self.version, Ordering::Release);
+        registry.table = Some(Arc::new(table));
+        registry.version += 1;
+        self.version.store(registry.version, Ordering::Release);
+    }
+
+    /// Whether any hook is enabled for `kind`: the fast path's one relaxed load. (`wants` adds
+    /// the thread's dispatch depth; kept out of here so that the fast path compiles exactly as
+    /// it did with the counts in a `static` of their own.)
+    #[inline(always)]
+    fn any_enabled(&self, kind: Kind) -> bool {
+        self.counts[kind as usize].load(Ordering::Relaxed) != 0
     }
 }
 
@@ -562,12 +656,27 @@ impl ThreadHooks {
         }
     }
 
-    fn refresh(&self) {
-        if VERSION.load(Ordering::Acquire) == self.version.get() {
+    /// The table an event raised at `depth` on this thread is dispatched to: refreshed from
+    /// `registry` at the start of an outermost dispatch (depth 0) only, so that changes made
+    /// while this thread dispatches apply when its outermost dispatch returns.
+    fn dispatch_table(
+        &self,
+        registry: &HookRegistry,
+        depth: u32,
+    ) -> Ref<'_, Option<Arc<HookTable>>> {
+        if depth == 0 {
+            self.refresh(registry);
+        }
+        // Only `refresh` borrows mutably, and only at depth 0, never while callbacks run.
+        self.table.borrow()
+    }
+
+    fn refresh(&self, registry: &HookRegistry) {
+        if registry.version.load(Ordering::Acquire) == self.version.get() {
             return;
         }
         let (table, version) = {
-            let registry = registry();
+            let registry = registry.lock();
             (registry.table.clone(), registry.version)
         };
         let old = self.table.replace(table);
@@ -597,7 +706,7 @@ fn depth() -> u32 {
 /// is enabled and the thread is not dispatching.
 #[inline]
 pub(crate) fn wants(kind: Kind) -> bool {
-    COUNTS[kind as usize].load(Ordering::Relaxed) != 0 || depth() != 0
+    registry().any_enabled(kind) || depth() != 0
 }
 
 /// Emits `init` for a new resource. The caller checked [`wants`]`(Kind::Init)` (it made the
@@ -655,15 +764,11 @@ pub(crate) fn emit_destroy(async_id: AsyncId) {
 fn dispatch(kind: Kind, async_id: AsyncId, deliver: impl Fn(&dyn HookCallbacks)) {
     let _ = THREAD_HOOKS.try_with(|hooks| {
         let depth = depth();
-        if depth == 0 {
-            hooks.refresh();
-        }
-        // Only `refresh` borrows mutably, and only at depth 0, never while callbacks run.
-        let table = hooks.table.borrow();
+        let table = hooks.dispatch_table(registry(), depth);
         let Some(table) = table.as_deref() else {
             return;
         };
-        let list = &table.by_kind[kind as usize];
+        let list = table.list(kind);
         if list.is_empty() {
             return;
         }
