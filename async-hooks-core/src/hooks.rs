@@ -671,10 +671,16 @@ impl ThreadHooks {
         self.table.borrow()
     }
 
+    #[inline(always)]
     fn refresh(&self, registry: &HookRegistry) {
-        if registry.version.load(Ordering::Acquire) == self.version.get() {
-            return;
+        if registry.version.load(Ordering::Acquire) != self.version.get() {
+            self.refresh_slow(registry);
         }
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn refresh_slow(&self, registry: &HookRegistry) {
         let (table, version) = {
             let registry = registry.lock();
             (registry.table.clone(), registry.version)
