@@ -224,6 +224,16 @@ impl FrameCell {
     /// Exchanges the cell's frame with `frame`: how an execution is entered and left.
     #[inline(always)]
     pub(crate) fn swap(&self, frame: &mut Frame) {
+        // Both already own a reference to the same frame (the usual case: no storage at all, or
+        // a resource polled in the context it was created in): exchanging them changes nothing.
+        // A lent cell is tagged, so it never compares equal and takes the full path.
+        let same = match &frame.0 {
+            Some(data) => ptr::eq(self.raw.get(), Arc::as_ptr(data)),
+            None => self.raw.get().is_null(),
+        };
+        if same {
+            return;
+        }
         let incoming = FrameCell::into_raw(std::mem::take(frame));
         let raw = self.raw.replace(incoming);
         // SAFETY: `raw` was in the cell and has just been replaced there.
