@@ -220,7 +220,7 @@ async fn task_instrumented() -> u64 {
 
 /// Padding that makes [`task_plain`]'s future as large as [`task_instrumented`]'s (checked
 /// at the start of the bench).
-const PAD: usize = 32;
+const PAD: usize = 16;
 
 async fn task_plain(value: u64) -> u64 {
     let pad = [value as u8; PAD];
