@@ -145,3 +145,36 @@ fn lifecycles_with_a_hook_balance_init_and_destroy() {
     );
     eprintln!("leaks: {made} resources, {inits} init, {destroys} destroy, 0 live stores");
 }
+
+#[test]
+fn stores_left_at_a_threads_top_level_are_released_when_it_exits() {
+    let _serial = serial();
+    let live_before = LIVE.load(Ordering::Relaxed);
+    // Nothing restores a top-level `enter_with`. The thread's frame cell has no destructor of its
+    // own; the thread-exit release that `enter_with` registers must drop the stores.
+    std::thread::spawn(move || {
+        USER.enter_with(Counted::new(1));
+        REQUEST.enter_with(Counted::new(2));
+        assert_eq!(USER.get_store().map(|c| c.0), Some(1));
+        assert_eq!(REQUEST.get_store().map(|c| c.0), Some(2));
+        assert_eq!(LIVE.load(Ordering::Relaxed), live_before + 2);
+    })
+    .join()
+    .unwrap();
+    assert_eq!(LIVE.load(Ordering::Relaxed), live_before);
+    // And the same thread-local state keeps working for a resource dropped while the thread's
+    // locals are torn down (a future held by another thread-local).
+    struct Holder(
+        #[allow(dead_code)] Option<std::pin::Pin<Box<dyn std::future::Future<Output = u64>>>>,
+    );
+    thread_local! {
+        static HELD: std::cell::RefCell<Holder> = const { std::cell::RefCell::new(Holder(None)) };
+    }
+    std::thread::spawn(|| {
+        let fut = REQUEST.run(Counted::new(3), || Box::pin(handler(3)));
+        HELD.with(|held| held.borrow_mut().0 = Some(fut));
+    })
+    .join()
+    .unwrap();
+    assert_eq!(LIVE.load(Ordering::Relaxed), live_before);
+}

@@ -115,8 +115,10 @@ fn lookup_current<R>(key: u64, hint: &AtomicU32, f: impl FnOnce(&Option<Value>) 
 
 /// Drops this thread's leftover frame when the thread ends. The thread's frame cell has no
 /// `Drop` (the hot paths need a thread state without one), so the operations that can leave a
-/// frame in it past every scope — `enter_with` at the top level, a forgotten `enter_scope`
-/// guard — register this. A no-op after the first call on a thread.
+/// frame in it past every scope register this: `enter_with` at the top level, and `enter_scope`
+/// (its guard may be forgotten; the cell's reference is then still released, the guard's own
+/// references leak with it, as any forgotten value's do). A no-op after the first call on a
+/// thread.
 fn release_at_thread_exit() {
     struct Release;
     impl Drop for Release {
