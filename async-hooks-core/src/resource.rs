@@ -381,7 +381,7 @@ impl Identity {
         let word = self.load();
         let untagged = word.map_addr(|addr| addr & !TAGS);
         if word.addr() & HANDLE == 0 {
-            // SAFETY: an untagged word is a `&'static ResourceType` (see `with_type`).
+            // SAFETY: a word without `HANDLE` is a `&'static ResourceType` (see `type_word`).
             #[allow(unsafe_code)]
             unsafe {
                 &*untagged.cast::<ResourceType>()
@@ -416,7 +416,9 @@ impl Identity {
             }
         }
         let (handle, handle_word) = new_handle(self.async_id, self.trigger_id, self.ty());
-        // Only the owner writes the word (see its doc), so nothing changed it since `load`.
+        // Only an instrumented future's identity gets here (an `AsyncResource` has its handle
+        // from creation, the root returned above), and only from the thread polling or dropping
+        // that future through `&mut`: nothing else can have changed the word since `load`.
         self.word.store(
             handle_word.map_addr(|addr| addr | (word.addr() & FINISHED)),
             Ordering::Relaxed,
