@@ -86,9 +86,17 @@ fn storage_reads_and_captures_allocate_nothing() {
 fn documented_allocation_counts() {
     // `run`: the store's `Arc`, the new frame's `Arc` and its entry slice.
     assert_eq!(allocations(|| STORE.run(1, || ())), 3);
-    // `AsyncResource::new`: its `Resource` handle (made up front; see `AsyncResource`).
+    // `AsyncResource::new` and a scope: nothing (its `Resource` handle is made on first use).
     assert_eq!(
         allocations(|| AsyncResource::new("Counted").run_in_async_scope(|| ())),
+        0
+    );
+    // Asking for the handle makes it, once.
+    assert_eq!(
+        allocations(|| {
+            let resource = AsyncResource::new("Counted");
+            assert_eq!(resource.resource(), resource.resource());
+        }),
         1
     );
 }

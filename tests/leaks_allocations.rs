@@ -85,9 +85,10 @@ fn no_hook_instrumented_lifecycles_allocate_nothing_on_every_lifecycle() {
 fn documented_counts_hold_on_every_lifecycle() {
     let _serial = serial();
     measure(Some(3), |i| STORE.run(i, || ()));
-    measure(Some(1), |_| {
+    measure(Some(0), |_| {
         AsyncResource::new("Counted").run_in_async_scope(|| ())
     });
+    measure(Some(1), |_| drop(AsyncResource::new("Counted").resource()));
 }
 
 #[test]

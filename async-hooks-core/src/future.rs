@@ -368,6 +368,27 @@ mod tests {
     }
 
     #[test]
+    fn threads_racing_to_make_a_shared_resources_handle_agree_on_one() {
+        for _ in 0..if cfg!(miri) { 4 } else { 200 } {
+            let resource = Arc::new(AsyncResource::new("Raced"));
+            let barrier = Arc::new(std::sync::Barrier::new(2));
+            let other = {
+                let (resource, barrier) = (resource.clone(), barrier.clone());
+                std::thread::spawn(move || {
+                    barrier.wait();
+                    resource.run_in_async_scope(execution_async_resource)
+                })
+            };
+            barrier.wait();
+            let here = resource.resource();
+            let there = other.join().unwrap();
+            assert_eq!(here, there);
+            assert_eq!(here.async_id(), resource.async_id());
+            assert_eq!(resource.resource(), here);
+        }
+    }
+
+    #[test]
     fn async_resource_scopes_share_one_handle_across_threads() {
         let resource = Arc::new(AsyncResource::new("Shared"));
         let handle = resource.resource();

@@ -321,9 +321,11 @@ pub(crate) struct Identity {
     pub(crate) trigger_id: AsyncId,
     /// `&'static ResourceType`, or with [`HANDLE`] an `Arc<ResourceInner>` this identity owns a
     /// strong reference to; [`FINISHED`] is the owner's flag (see [`Identity::is_finished`]).
-    /// Atomic only so that `Identity` is `Sync`: it is written by its owner alone (an
-    /// instrumented future through `&mut`, an `AsyncResource` never after creation), so
-    /// relaxed loads and stores suffice.
+    ///
+    /// The handle is published with a compare-and-swap (release) and read with acquire loads: an
+    /// `AsyncResource` is shared between threads, and whichever thread asks first makes the one
+    /// handle they all see. The finished flag is written only by an instrumented future's owner,
+    /// through `&mut`.
     word: AtomicPtr<()>,
 }
 
@@ -370,9 +372,17 @@ impl Identity {
         }
     }
 
+    /// The word, for the owner's flag only (no pointer behind it is followed).
+    #[inline(always)]
+    fn load_flags(&self) -> *mut () {
+        self.word.load(Ordering::Relaxed)
+    }
+
+    /// The word, to follow its pointer: acquire, since another thread may have published the
+    /// handle.
     #[inline(always)]
     fn load(&self) -> *mut () {
-        self.word.load(Ordering::Relaxed)
+        self.word.load(Ordering::Acquire)
     }
 
     /// The resource's type.
@@ -397,45 +407,66 @@ impl Identity {
 
     /// The resource's handle, made now if it was not yet (then kept, so that every call and the
     /// `init` hook see the same handle).
+    #[allow(unsafe_code)]
     pub(crate) fn handle(&self) -> Resource {
         if self.async_id == AsyncId::ROOT {
             return Resource::root();
         }
         let word = self.load();
-        let untagged = word.map_addr(|addr| addr & !TAGS);
         if word.addr() & HANDLE != 0 {
-            // SAFETY: a `HANDLE` word holds a strong reference of this identity's; the clone
-            // takes one of its own.
-            #[allow(unsafe_code)]
-            unsafe {
-                let inner = untagged.cast::<ResourceInner>().cast_const();
-                Arc::increment_strong_count(inner);
-                return Resource {
-                    inner: Arc::from_raw(inner),
-                };
+            // SAFETY: the word holds this identity's reference to the handle (published with
+            // release, read with acquire).
+            return unsafe { clone_handle(word) };
+        }
+        self.publish(word, new_handle(self.async_id, self.trigger_id, self.ty()))
+    }
+
+    /// Publishes a new handle made after reading `word` (which had none), or, if another thread
+    /// published one first, gives ours back and returns that one.
+    #[allow(unsafe_code)]
+    fn publish(&self, mut word: *mut (), (handle, handle_word): (Resource, *mut ())) -> Resource {
+        loop {
+            let published = handle_word.map_addr(|addr| addr | (word.addr() & FINISHED));
+            match self.word.compare_exchange_weak(
+                word,
+                published,
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            ) {
+                Ok(_) => return handle,
+                Err(current) if current.addr() & HANDLE != 0 => {
+                    // Another thread made the handle first (a shared `AsyncResource`): use that
+                    // one, and give back ours and the reference our word would have held.
+                    // SAFETY: `handle_word`'s reference was never published; `current` holds the
+                    // identity's reference to the winning handle.
+                    unsafe {
+                        drop(Arc::from_raw(
+                            handle_word
+                                .map_addr(|addr| addr & !TAGS)
+                                .cast::<ResourceInner>()
+                                .cast_const(),
+                        ));
+                        return clone_handle(current);
+                    }
+                }
+                // A spurious failure, or the owner's flag changed: try again.
+                Err(current) => word = current,
             }
         }
-        let (handle, handle_word) = new_handle(self.async_id, self.trigger_id, self.ty());
-        // Only an instrumented future's identity gets here (an `AsyncResource` has its handle
-        // from creation, the root returned above), and only from the thread polling or dropping
-        // that future through `&mut`: nothing else can have changed the word since `load`.
-        self.word.store(
-            handle_word.map_addr(|addr| addr | (word.addr() & FINISHED)),
-            Ordering::Relaxed,
-        );
-        handle
     }
 
     /// Whether the owner marked its inner value as gone.
     #[inline(always)]
     pub(crate) fn is_finished(&self) -> bool {
-        self.load().addr() & FINISHED != 0
+        self.load_flags().addr() & FINISHED != 0
     }
 
-    /// Marks the owner's inner value as gone. Only the owner calls this, through `&mut`.
+    /// Marks the owner's inner value as gone. Only an instrumented future's owner calls this,
+    /// through `&mut`, and only that owner's thread can be publishing its handle: a plain store
+    /// loses nothing.
     #[inline(always)]
     pub(crate) fn set_finished(&self) {
-        let word = self.load();
+        let word = self.load_flags();
         self.word
             .store(word.map_addr(|addr| addr | FINISHED), Ordering::Relaxed);
     }
@@ -449,6 +480,27 @@ impl Drop for Identity {
             // SAFETY: a `HANDLE` word owns one strong reference, released once, here.
             #[allow(unsafe_code)]
             drop(unsafe { Arc::from_raw(inner.cast_const()) });
+        }
+    }
+}
+
+/// A new reference to the handle in a `HANDLE` word.
+///
+/// # Safety
+///
+/// `word` must be a `HANDLE` word read (with acquire) from an identity that still holds it.
+#[allow(unsafe_code)]
+unsafe fn clone_handle(word: *mut ()) -> Resource {
+    let inner = word
+        .map_addr(|addr| addr & !TAGS)
+        .cast::<ResourceInner>()
+        .cast_const();
+    // SAFETY: per the caller, the identity keeps a strong reference alive meanwhile; the new
+    // `Arc` takes one of its own.
+    unsafe {
+        Arc::increment_strong_count(inner);
+        Resource {
+            inner: Arc::from_raw(inner),
         }
     }
 }
@@ -530,9 +582,8 @@ pub struct AsyncResourceOptions {
 /// assert_eq!(seen, 7);
 /// ```
 pub struct AsyncResource {
-    /// Its handle is materialised up front (unlike a future's): an `AsyncResource` is shared
-    /// (`&self`, `Sync`), so a lazily made handle could differ between threads or between
-    /// `resource()` and the running scope.
+    /// Its handle is made on first use, like a future's, and published atomically: the
+    /// resource is shared (`&self`, `Sync`), and every thread must see the same handle.
     identity: Identity,
     /// The storage frame captured at creation; each scope starts from it.
     frame: Frame,
@@ -619,8 +670,6 @@ impl AsyncResource {
     ) -> AsyncResource {
         let frame = state.capture_frame();
         let identity = Identity::create(state, ty, trigger);
-        // Made now if `init` did not: every thread must see the same handle.
-        drop(identity.handle());
         AsyncResource {
             identity,
             frame,
@@ -731,5 +780,45 @@ impl fmt::Debug for AsyncResource {
             .field("async_id", &self.async_id())
             .field("trigger_async_id", &self.trigger_async_id())
             .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The identity word's `unsafe` paths, deterministically (they run under Miri).
+    use super::*;
+
+    #[test]
+    fn losing_the_race_to_publish_a_handle_gives_ours_back() {
+        static TYPE: ResourceType = ResourceType::new("Raced");
+        let identity = Identity {
+            async_id: AsyncId::from_u64(1_000_001),
+            trigger_id: AsyncId::ROOT,
+            word: AtomicPtr::new(type_word(&TYPE)),
+        };
+        // What a thread reads before making its handle...
+        let stale = identity.load();
+        // ...while another thread publishes first.
+        let winner = identity.handle();
+        let ours = new_handle(identity.async_id, identity.trigger_id, &TYPE);
+        let ours_inner = Arc::downgrade(&ours.0.inner);
+        let got = identity.publish(stale, ours);
+        assert_eq!(got, winner);
+        assert_eq!(identity.handle(), winner);
+        assert_eq!(identity.ty().name(), "Raced");
+        // Ours was released entirely: both the handle and the word's reference.
+        assert!(ours_inner.upgrade().is_none());
+        // The owner's flag survives a publication made after it was set.
+        identity.set_finished();
+        assert!(identity.is_finished());
+        let finished = Identity {
+            async_id: AsyncId::from_u64(1_000_002),
+            trigger_id: AsyncId::ROOT,
+            word: AtomicPtr::new(type_word(&TYPE)),
+        };
+        finished.set_finished();
+        let handle = finished.handle();
+        assert!(finished.is_finished());
+        assert_eq!(finished.handle(), handle);
     }
 }
