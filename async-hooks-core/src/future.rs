@@ -2,10 +2,9 @@
 
 use std::fmt;
 use std::future::Future;
+use std::mem::ManuallyDrop;
 use std::pin::Pin;
 use std::task::{Context, Poll};
-
-use std::mem::ManuallyDrop;
 
 use crate::context::{Entered, ThreadState, with_state};
 use crate::hooks::{self, Kind};

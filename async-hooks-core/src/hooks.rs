@@ -554,15 +554,22 @@ fn registry() -> &'static HookRegistry {
     &REGISTRY
 }
 
+impl Registry {
+    /// No hook enabled, nothing published yet.
+    const EMPTY: Registry = Registry {
+        enabled: Vec::new(),
+        table: None,
+        version: 0,
+    };
+}
+
+// Two constructors only because loom's primitives cannot be built in a `const fn` (the std one
+// must be, for the `static`); they differ in how the counts array is built.
 impl HookRegistry {
     #[cfg(not(async_hooks_loom))]
     const fn new() -> HookRegistry {
         HookRegistry {
-            locked: Mutex::new(Registry {
-                enabled: Vec::new(),
-                table: None,
-                version: 0,
-            }),
+            locked: Mutex::new(Registry::EMPTY),
             version: AtomicU64::new(0),
             counts: [const { AtomicU32::new(0) }; 5],
         }
@@ -571,11 +578,7 @@ impl HookRegistry {
     #[cfg(async_hooks_loom)]
     fn new() -> HookRegistry {
         HookRegistry {
-            locked: Mutex::new(Registry {
-                enabled: Vec::new(),
-                table: None,
-                version: 0,
-            }),
+            locked: Mutex::new(Registry::EMPTY),
             version: AtomicU64::new(0),
             counts: std::array::from_fn(|_| AtomicU32::new(0)),
         }

@@ -312,14 +312,15 @@ impl<T: Send + Sync + 'static> AsyncLocalStorage<T> {
     #[inline]
     pub fn with_store<R>(&self, f: impl FnOnce(Option<&T>) -> R) -> R {
         let key = self.read_key();
+        if key == 0 {
+            // Never used (or disabled): no frame holds it, nothing to lend.
+            return f(self.default_value().map(|v| &**v));
+        }
         with_state(|state| {
             // The thread's frame is lent to this call, not cloned: `f` may change the context
             // (`run`, `enter_with`, poll a future) and the store it looks at stays alive anyway.
             let lent = state.frame.lend();
-            let entry = match key {
-                0 => None,
-                key => lent.frame().lookup_hinted(key, &self.position_hint),
-            };
+            let entry = lent.frame().lookup_hinted(key, &self.position_hint);
             let store = match entry {
                 // An entry with no value: the storage was exited (`None`, not the default).
                 Some(entry) => entry.value.as_ref().map(store_ref::<T>),
