@@ -106,6 +106,11 @@ fn writes(c: &mut Criterion) {
     group.bench_function("tokio task_local sync_scope", |b| {
         b.iter(|| TASK_LOCAL.sync_scope(black_box(1), || black_box(())))
     });
+    // The floor under `run`: `get_store()` hands out `Arc<T>`, so the store needs an `Arc` of
+    // its own (a malloc, two atomic decrements and a free when it goes).
+    group.bench_function("Arc::new + drop (floor)", |b| {
+        b.iter(|| drop(black_box(std::sync::Arc::new(black_box(1u64)))))
+    });
     group.finish();
 
     let mut group = c.benchmark_group("snapshot");

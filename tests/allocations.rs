@@ -84,8 +84,33 @@ fn storage_reads_and_captures_allocate_nothing() {
 
 #[test]
 fn documented_allocation_counts() {
-    // `run`: the store's `Arc`, the new frame's `Arc` and its entry slice.
-    assert_eq!(allocations(|| STORE.run(1, || ())), 3);
+    // `run` and `exit` with up to four storages in the frame: the store's `Arc` only (the frame
+    // is built on the stack).
+    static OTHERS: [AsyncLocalStorage<u64>; 4] = [const { AsyncLocalStorage::new() }; 4];
+    assert_eq!(allocations(|| STORE.run(1, || ())), 1);
+    assert_eq!(allocations(|| STORE.exit(|| ())), 0);
+    OTHERS[0].run(1, || {
+        OTHERS[1].run(2, || {
+            OTHERS[2].run(3, || {
+                assert_eq!(allocations(|| STORE.run(1, || ())), 1);
+                // Nested, and replacing the storage's own entry.
+                assert_eq!(allocations(|| STORE.run(1, || STORE.run(2, || ()))), 2);
+                // A fifth storage: the frame goes on the heap (its `Arc` and entry slice).
+                assert_eq!(allocations(|| STORE.run(1, || OTHERS[3].run(4, || ()))), 4);
+            })
+        })
+    });
+    // Keeping the frame beyond the scope copies it to the heap once (the frame's `Arc` and its
+    // entry slice), however many resources capture it.
+    assert_eq!(
+        allocations(|| STORE.run(1, || {
+            let resources = [AsyncResource::new("A"), AsyncResource::new("B")];
+            for resource in resources {
+                resource.run_in_async_scope(|| assert_eq!(*STORE.get_store().unwrap(), 1));
+            }
+        })),
+        3
+    );
     // `AsyncResource::new` and a scope: nothing (its `Resource` handle is made on first use).
     assert_eq!(
         allocations(|| AsyncResource::new("Counted").run_in_async_scope(|| ())),

@@ -3,7 +3,9 @@
 //! The storage context of an execution is one immutable *frame*: a small sorted map from storage
 //! key to value, shared by `Arc`. Capturing it (when a resource is created, or by
 //! [`Snapshot::capture`]) is one refcount increment, or nothing when it is empty. `run`,
-//! `exit` and `enter_with` build a new frame (copy-on-write) and switch the thread to it.
+//! `exit` and `enter_with` build a new frame (copy-on-write) and switch the thread to it; `run`
+//! and `exit` build theirs on their own stack when it has at most four entries, and copy it to
+//! the heap only if something inside keeps it (a resource, a snapshot, a poll).
 
 use std::fmt;
 use std::future::Future;
@@ -18,6 +20,7 @@ use crate::context::{ThreadState, with_state};
 #[allow(unsafe_code)]
 mod frame;
 
+use frame::FrameRef;
 use frame::Value;
 pub(crate) use frame::{Frame, FrameCell};
 
@@ -54,24 +57,14 @@ impl KeyEntry {
         }
     }
 
-    /// Puts back the storage's previous entry. `current_key` is the storage's key now: if it
-    /// differs, the storage was disabled inside the scope, which exits every context of it — the
-    /// retired key's entry is dropped instead of restored, and an `enter_with` made under the new
-    /// key inside the scope ends here, as it would have without the `disable()`.
+    /// Puts back the storage's previous entry. `current_key` is the storage's key now (see
+    /// [`restore_entry`]).
     fn restore(self, state: &ThreadState, current_key: u64) {
         let current = state.frame.take();
         let restored = if current.ptr_eq(&self.installed) {
             self.previous_frame
-        } else if current_key == self.key {
-            // Other storages changed inside (enter_with): keep their changes, restore only ours.
-            current.with(self.key, self.previous)
         } else {
-            let without_old = current.with(self.key, None);
-            if current_key == 0 {
-                without_old
-            } else {
-                without_old.with(current_key, None)
-            }
+            restore_entry(&current, self.key, self.previous, current_key)
         };
         state.set_frame(restored);
         drop(current);
@@ -79,6 +72,48 @@ impl KeyEntry {
 }
 
 /// Restores a [`KeyEntry`] when dropped, also during a panic.
+/// The frame to put back when a scope that set `key`'s entry ends and the code inside changed
+/// the context meanwhile: `current` with only that entry put back to `previous` (outer `None`:
+/// there was none), so other storages' `enter_with`s inside survive. If the storage's key is no
+/// longer `key` (`current_key`), it was disabled inside, which exits every context of it: the
+/// retired key's entry is dropped instead of restored, and an `enter_with` made under the new
+/// key inside the scope ends here, as it would have without the `disable()`.
+fn restore_entry(
+    current: &Frame,
+    key: u64,
+    previous: Option<Option<Value>>,
+    current_key: u64,
+) -> Frame {
+    if current_key == key {
+        return current.with(key, previous);
+    }
+    let without_old = current.with(key, None);
+    if current_key == 0 {
+        without_old
+    } else {
+        without_old.with(current_key, None)
+    }
+}
+
+/// Runs `f` with `key`'s entry set to `value` (`None`: exited), then restores only that entry,
+/// also on panic: `run` and `exit`. The frame is built on this stack when it is small (no
+/// allocation), else on the heap (see [`FrameCell::run_with_entry`]). `storage_key` is the storage's key cell, read at restore time
+/// (see [`restore_entry`]).
+#[inline]
+fn scoped<R>(
+    state: &ThreadState,
+    storage_key: &AtomicU64,
+    key: u64,
+    value: Option<Value>,
+    f: impl FnOnce() -> R,
+) -> R {
+    let restore = |current: &Frame, previous: FrameRef<'_>| {
+        let previous = previous.lookup(key).map(|e| e.value.clone());
+        restore_entry(current, key, previous, storage_key.load(Ordering::Relaxed))
+    };
+    state.frame.run_with_entry(key, value, f, restore)
+}
+
 struct KeyRestore<'s> {
     state: &'s ThreadState,
     /// The storage's key cell, read at restore time (see [`KeyEntry::restore`]).
@@ -348,14 +383,7 @@ impl<T: Send + Sync + 'static> AsyncLocalStorage<T> {
     pub fn run<R>(&self, store: T, f: impl FnOnce() -> R) -> R {
         let key = self.write_key();
         let value: Value = Arc::new(store);
-        with_state(|state| {
-            let _restore = KeyRestore {
-                state,
-                storage_key: &self.key,
-                entry: Some(KeyEntry::set(state, key, Some(value))),
-            };
-            f()
-        })
+        with_state(|state| scoped(state, &self.key, key, Some(value), f))
     }
 
     /// Runs `f` outside this storage's context: inside, `get_store()` is `None` (not the
@@ -371,14 +399,7 @@ impl<T: Send + Sync + 'static> AsyncLocalStorage<T> {
     /// ```
     pub fn exit<R>(&self, f: impl FnOnce() -> R) -> R {
         let key = self.write_key();
-        with_state(|state| {
-            let _restore = KeyRestore {
-                state,
-                storage_key: &self.key,
-                entry: Some(KeyEntry::set(state, key, None)),
-            };
-            f()
-        })
+        with_state(|state| scoped(state, &self.key, key, None, f))
     }
 
     /// Makes `store` the current store for the rest of the current execution: until the

@@ -5,13 +5,19 @@
 //! (`with_store`) for the duration of a closure: the reader then sees the store with no refcount
 //! traffic, and whatever takes the frame out of the cell meanwhile gets a clone of its own.
 //!
+//! A synchronous `run` needs a frame only for as long as its closure runs, so it builds a
+//! [`StackFrame`] on its own stack instead: the cell points at it, reads go through it like
+//! through any frame, and only code that keeps the frame beyond the scope (a resource created
+//! inside, a snapshot, a poll) *promotes* it to a heap frame, once per scope.
+//!
 //! This is the one module of the core with `unsafe` code; its tests run under Miri.
 
 use std::any::Any;
 use std::cell::Cell;
 use std::fmt;
-use std::mem::ManuallyDrop;
-use std::ptr;
+use std::marker::{PhantomData, PhantomPinned};
+use std::mem::{ManuallyDrop, MaybeUninit};
+use std::ptr::{self, NonNull};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 
@@ -36,46 +42,75 @@ const LINEAR_SCAN_MAX: usize = 8;
 #[derive(Clone, Default)]
 pub(crate) struct Frame(Option<Arc<FrameData>>);
 
-struct FrameData {
-    /// Sorted by key.
-    entries: Box<[Entry]>,
+/// A frame's entries, sorted by key: a heap frame's own boxed slice, or a [`StackFrame`]'s
+/// inline array (which it never frees: a stack frame keeps its `FrameData` in `ManuallyDrop`).
+pub(crate) struct FrameData {
+    entries: NonNull<[Entry]>,
 }
 
-impl Frame {
-    #[cfg(test)]
-    pub(crate) const EMPTY: Frame = Frame(None);
+// SAFETY: a heap `FrameData` owns its boxed entries, which are `Send + Sync` (`u64` and
+// `Arc<dyn Any + Send + Sync>`). A stack frame's `FrameData` is reached only through its own
+// thread's cell, never shared or sent: whatever leaves the thread is a promoted heap copy.
+#[allow(unsafe_code)]
+unsafe impl Send for FrameData {}
+// SAFETY: see `Send`; the entries are never mutated after the frame is built.
+#[allow(unsafe_code)]
+unsafe impl Sync for FrameData {}
+
+impl FrameData {
+    fn boxed(entries: Box<[Entry]>) -> FrameData {
+        FrameData {
+            entries: NonNull::from(Box::leak(entries)),
+        }
+    }
 
     #[inline]
     fn entries(&self) -> &[Entry] {
-        match &self.0 {
-            Some(data) => &data.entries,
-            None => &[],
-        }
+        // SAFETY: `entries` points to a live, initialised slice for as long as `self` lives: a
+        // heap frame's own box, or the inline array of the stack frame that contains `self`.
+        unsafe { self.entries.as_ref() }
     }
+}
+
+impl Drop for FrameData {
+    fn drop(&mut self) {
+        // SAFETY: only heap frames are dropped (a stack frame's `FrameData` is `ManuallyDrop`),
+        // and their entries came from `Box::leak` in `FrameData::boxed`.
+        drop(unsafe { Box::from_raw(self.entries.as_ptr()) });
+    }
+}
+
+/// A borrowed view of a frame's entries, heap or stack.
+#[derive(Clone, Copy)]
+pub(crate) struct FrameRef<'a> {
+    entries: &'a [Entry],
+}
+
+impl<'a> FrameRef<'a> {
+    const EMPTY: FrameRef<'static> = FrameRef { entries: &[] };
 
     /// The entry of `key`: `None` if the storage has none in this frame.
     #[inline]
-    pub(crate) fn lookup(&self, key: u64) -> Option<&Entry> {
-        self.position(key).map(|i| &self.entries()[i])
+    pub(crate) fn lookup(self, key: u64) -> Option<&'a Entry> {
+        self.position(key).map(|i| &self.entries[i])
     }
 
     #[inline]
-    fn position(&self, key: u64) -> Option<usize> {
-        let entries = self.entries();
-        if entries.len() <= LINEAR_SCAN_MAX {
-            entries.iter().position(|e| e.key == key)
+    fn position(self, key: u64) -> Option<usize> {
+        if self.entries.len() <= LINEAR_SCAN_MAX {
+            self.entries.iter().position(|e| e.key == key)
         } else {
-            entries.binary_search_by_key(&key, |e| e.key).ok()
+            self.entries.binary_search_by_key(&key, |e| e.key).ok()
         }
     }
 
-    /// Like [`Frame::lookup`], trying position `hint` first and updating it: a storage sits at the
-    /// same position in every frame with the same set of storages, so reads skip the search.
+    /// Like [`FrameRef::lookup`], trying position `hint` first and updating it: a storage sits
+    /// at the same position in every frame with the same set of storages, so reads skip the
+    /// search.
     #[inline]
-    pub(crate) fn lookup_hinted(&self, key: u64, hint: &AtomicU32) -> Option<&Entry> {
-        let entries = self.entries();
+    pub(crate) fn lookup_hinted(self, key: u64, hint: &AtomicU32) -> Option<&'a Entry> {
         let guess = hint.load(Ordering::Relaxed) as usize;
-        if let Some(entry) = entries.get(guess)
+        if let Some(entry) = self.entries.get(guess)
             && entry.key == key
         {
             return Some(entry);
@@ -83,28 +118,26 @@ impl Frame {
         self.lookup_searched(key, hint)
     }
 
-    /// The search behind [`Frame::lookup_hinted`], out of line so the hinted hit stays small.
+    /// The search behind [`FrameRef::lookup_hinted`], out of line so the hinted hit stays small.
     #[cold]
     #[inline(never)]
-    fn lookup_searched(&self, key: u64, hint: &AtomicU32) -> Option<&Entry> {
+    fn lookup_searched(self, key: u64, hint: &AtomicU32) -> Option<&'a Entry> {
         let found = self.position(key)?;
         hint.store(found as u32, Ordering::Relaxed);
-        Some(&self.entries()[found])
+        Some(&self.entries[found])
     }
 
-    /// This frame with `key` set to `entry` (`None`: removed).
-    pub(crate) fn with(&self, key: u64, value: Option<Option<Value>>) -> Frame {
-        let entries = self.entries();
+    /// The entries of this frame with `key` set to `value` (`None`: removed), in key order.
+    /// `None` when nothing changes (removing an absent key).
+    fn with(self, key: u64, value: Option<Option<Value>>) -> Option<Vec<Entry>> {
+        let entries = self.entries;
         let position = entries.binary_search_by_key(&key, |e| e.key);
         let len = match (position, &value) {
             (Ok(_), Some(_)) => entries.len(),
             (Ok(_), None) => entries.len() - 1,
             (Err(_), Some(_)) => entries.len() + 1,
-            (Err(_), None) => return self.clone(),
+            (Err(_), None) => return None,
         };
-        if len == 0 {
-            return Frame(None);
-        }
         // Exact capacity: `into_boxed_slice` then keeps the buffer instead of reallocating.
         let mut next: Vec<Entry> = Vec::with_capacity(len);
         match (position, value) {
@@ -123,9 +156,49 @@ impl Frame {
             }
             (Err(_), None) => unreachable!("returned above"),
         }
-        Frame(Some(Arc::new(FrameData {
-            entries: next.into_boxed_slice(),
-        })))
+        Some(next)
+    }
+}
+
+impl Frame {
+    #[cfg(test)]
+    pub(crate) const EMPTY: Frame = Frame(None);
+
+    #[inline]
+    pub(crate) fn view(&self) -> FrameRef<'_> {
+        match &self.0 {
+            Some(data) => FrameRef {
+                entries: data.entries(),
+            },
+            None => FrameRef::EMPTY,
+        }
+    }
+
+    #[cfg(test)]
+    fn entries(&self) -> &[Entry] {
+        self.view().entries
+    }
+
+    /// The entry of `key`: `None` if the storage has none in this frame.
+    #[inline]
+    pub(crate) fn lookup(&self, key: u64) -> Option<&Entry> {
+        self.view().lookup(key)
+    }
+
+    fn from_entries(entries: Vec<Entry>) -> Frame {
+        if entries.is_empty() {
+            Frame(None)
+        } else {
+            Frame(Some(Arc::new(FrameData::boxed(entries.into_boxed_slice()))))
+        }
+    }
+
+    /// This frame with `key` set to `entry` (`None`: removed).
+    pub(crate) fn with(&self, key: u64, value: Option<Option<Value>>) -> Frame {
+        match self.view().with(key, value) {
+            Some(entries) => Frame::from_entries(entries),
+            None => self.clone(),
+        }
     }
 
     pub(crate) fn ptr_eq(&self, other: &Frame) -> bool {
@@ -140,14 +213,25 @@ impl Frame {
 impl fmt::Debug for Frame {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_list()
-            .entries(self.entries().iter().map(|e| e.key))
+            .entries(self.view().entries.iter().map(|e| e.key))
             .finish()
     }
 }
 
-/// The low bit of a [`FrameCell`] pointer: the strong reference is lent out to a [`LentFrame`]
-/// guard higher up this thread's stack, and the cell does not own it.
+/// Tag bits of a [`FrameCell`] pointer (frames are 8-aligned).
+///
+/// `LENT`: the strong reference is lent out to a [`LentFrame`] guard higher up this thread's
+/// stack, and the cell does not own it.
 const LENT: usize = 1;
+/// `STACK`: the pointer is a [`StackFrame`]'s, owned by the `run` higher up this thread's stack;
+/// the cell holds no reference.
+const STACK: usize = 2;
+const TAGS: usize = LENT | STACK;
+
+#[inline(always)]
+fn untagged(raw: *const FrameData) -> *const FrameData {
+    raw.map_addr(|addr| addr & !TAGS)
+}
 
 /// The thread's current frame.
 ///
@@ -155,10 +239,12 @@ const LENT: usize = 1;
 /// whoever leaves a frame in a thread's cell past every scope registers
 /// `storage::release_at_thread_exit`.
 ///
-/// It holds a raw `Arc<FrameData>` pointer (null: the empty frame). Untagged, the cell owns that
-/// strong reference. Tagged with [`LENT`], the reference belongs to the [`LentFrame`] guard that
-/// tagged it, which is alive higher up the same thread's stack. Guards nest strictly: the
-/// cell is thread-local and `!Send`, and guards never leave the function that made them.
+/// It holds a raw frame pointer (null: the empty frame). Untagged, it is an `Arc<FrameData>`
+/// whose strong reference the cell owns. Tagged with [`LENT`], the reference belongs to the
+/// [`LentFrame`] guard that tagged it; tagged with [`STACK`], it is a [`StackFrame`] owned by
+/// [`FrameCell::run_with_entry`]. Either owner is alive higher up the same thread's stack. Guards
+/// and stack frames nest strictly: the cell is thread-local and `!Send`, and they never leave
+/// the function that made them.
 pub(crate) struct FrameCell {
     raw: Cell<*const FrameData>,
 }
@@ -179,29 +265,48 @@ impl FrameCell {
         }
     }
 
+    /// A strong reference of its own to the frame behind `raw`, leaving `raw`'s owner alone. A
+    /// stack frame is promoted to the heap (once per stack frame).
+    ///
+    /// # Safety
+    ///
+    /// `raw` must be a pointer that is or was in this cell and whose owner (the cell, a lending
+    /// guard or a stack frame) is still alive.
+    #[inline]
+    unsafe fn cloned(raw: *const FrameData) -> Frame {
+        if raw.is_null() {
+            return Frame(None);
+        }
+        if raw.addr() & STACK != 0 {
+            // SAFETY: per the caller, the stack frame is alive.
+            return unsafe { StackFrame::promote(untagged(raw)) };
+        }
+        let data = untagged(raw);
+        // SAFETY: `data` came from `Arc::into_raw` and its owner holds a strong reference for
+        // the duration of this call; the new reference is the result's.
+        unsafe {
+            Arc::increment_strong_count(data);
+            Frame(Some(Arc::from_raw(data)))
+        }
+    }
+
     /// Turns a pointer taken out of the cell into an owned frame.
     ///
     /// # Safety
     ///
     /// `raw` must have been read out of this cell and replaced there, so that nothing else
     /// claims the cell's reference: an untagged pointer's strong reference passes to the result;
-    /// a lent one is still owned by its guard, which is alive, so it gets a reference of its own.
+    /// a lent one is still owned by its guard and a stack frame by its `run`, both alive, so it
+    /// gets a reference of its own.
     #[inline]
     unsafe fn owned(raw: *const FrameData) -> Frame {
-        if raw.is_null() {
-            Frame(None)
-        } else if raw.addr() & LENT == 0 {
+        if !raw.is_null() && raw.addr() & TAGS == 0 {
             // SAFETY: an untagged non-null pointer in the cell came from `Arc::into_raw` and its
             // strong reference was the cell's; the caller took it out of the cell.
             Frame(Some(unsafe { Arc::from_raw(raw) }))
         } else {
-            let data = raw.map_addr(|addr| addr & !LENT);
-            // SAFETY: the lending guard holds a strong reference to `data` until it is dropped,
-            // which happens after this call returns (guards are scoped higher up this stack).
-            unsafe {
-                Arc::increment_strong_count(data);
-                Frame(Some(Arc::from_raw(data)))
-            }
+            // SAFETY: see above: the owner is alive.
+            unsafe { FrameCell::cloned(raw) }
         }
     }
 
@@ -226,7 +331,7 @@ impl FrameCell {
     pub(crate) fn swap(&self, frame: &mut Frame) {
         // Both already own a reference to the same frame (the usual case: no storage at all, or
         // a resource polled in the context it was created in): exchanging them changes nothing.
-        // A lent cell is tagged, so it never compares equal and takes the full path.
+        // A tagged cell never compares equal and takes the full path.
         let same = match &frame.0 {
             Some(data) => ptr::eq(self.raw.get(), Arc::as_ptr(data)),
             None => self.raw.get().is_null(),
@@ -252,8 +357,8 @@ impl FrameCell {
     /// A new reference to the current frame (O(1): one refcount increment, none when empty).
     #[inline]
     pub(crate) fn get(&self) -> Frame {
-        // SAFETY: cloning an `Arc` runs no user code and leaves the cell alone.
-        unsafe { self.peek(Frame::clone) }
+        // SAFETY: the pointer is in the cell, so its owner is alive.
+        unsafe { FrameCell::cloned(self.raw.get()) }
     }
 
     /// Calls `f` with the current frame in place, without touching its refcount.
@@ -263,28 +368,29 @@ impl FrameCell {
     /// `f` must not take, replace or set this cell's frame, which could free the frame it is
     /// looking at: it must run no code that can switch the context (no user code).
     #[inline]
-    pub(crate) unsafe fn peek<R>(&self, f: impl FnOnce(&Frame) -> R) -> R {
-        // SAFETY: the cell holds a live strong reference (its own or its lender's), and by the
-        // caller's promise nothing drops it while `f` runs; `ManuallyDrop` keeps this borrowed
-        // view from releasing it.
-        let view = ManuallyDrop::new(unsafe { FrameCell::view(self.raw.get()) });
-        f(&view)
+    pub(crate) unsafe fn peek<R>(&self, f: impl FnOnce(FrameRef<'_>) -> R) -> R {
+        // SAFETY: the cell's pointer has a live owner, and by the caller's promise nothing
+        // releases it while `f` runs.
+        f(unsafe { FrameCell::view(self.raw.get()) })
     }
 
-    /// A frame value over the reference behind `raw`, to be kept in a `ManuallyDrop` unless it
-    /// owns that reference.
+    /// The entries behind `raw`.
     ///
     /// # Safety
     ///
-    /// `raw` (without its tag) must be null or point to a live `FrameData` from `Arc::into_raw`.
+    /// `raw` (without its tags) must be null or point to a live `FrameData` that stays alive for
+    /// `'a`.
     #[inline]
-    unsafe fn view(raw: *const FrameData) -> Frame {
-        let data = raw.map_addr(|addr| addr & !LENT);
+    unsafe fn view<'a>(raw: *const FrameData) -> FrameRef<'a> {
+        let data = untagged(raw);
         if data.is_null() {
-            Frame(None)
+            FrameRef::EMPTY
         } else {
-            // SAFETY: per the caller, `data` is a live pointer from `Arc::into_raw`.
-            Frame(Some(unsafe { Arc::from_raw(data) }))
+            // SAFETY: per the caller.
+            let data = unsafe { &*data };
+            FrameRef {
+                entries: data.entries(),
+            }
         }
     }
 
@@ -295,17 +401,252 @@ impl FrameCell {
     #[inline]
     pub(crate) fn lend(&self) -> LentFrame<'_> {
         let raw = self.raw.get();
-        let lender = !raw.is_null() && raw.addr() & LENT == 0;
+        // Only a reference the cell owns is lent; a lent or stack frame's owner is higher up the
+        // stack already, and outlives this guard.
+        let lender = !raw.is_null() && raw.addr() & TAGS == 0;
         if lender {
             self.raw.set(raw.map_addr(|addr| addr | LENT));
         }
         LentFrame {
             cell: self,
-            // SAFETY: `raw` is the cell's live reference (or null, or already lent to a guard
-            // higher up the stack, which outlives this one).
-            frame: ManuallyDrop::new(unsafe { FrameCell::view(raw) }),
+            data: untagged(raw),
             lender,
-            _not_send: std::marker::PhantomData,
+            _not_send: PhantomData,
+        }
+    }
+
+    /// Runs `f` in the current frame with `key`'s entry set to `value`: a [`StackFrame`] built
+    /// on this stack with no allocation when it needs at most [`STACK_ENTRIES`] entries, else a
+    /// heap frame. Afterwards (also on panic) the previous frame is put back as it was; if the
+    /// code inside replaced this frame with another one (what `enter_with` and `disable` do),
+    /// the frame put back is `restore(that frame, previous)`.
+    #[inline]
+    pub(crate) fn run_with_entry<R>(
+        &self,
+        key: u64,
+        value: Option<Value>,
+        f: impl FnOnce() -> R,
+        restore: impl FnOnce(&Frame, FrameRef<'_>) -> Frame,
+    ) -> R {
+        let previous = self.raw.get();
+        // SAFETY: the pointer is in the cell; its owner stays alive for this whole call: the
+        // cell's own reference passes to `Leave` below, a lender or an outer stack frame is
+        // higher up the stack.
+        let base = unsafe { FrameCell::view(previous) };
+        // Built in place: the frame must not move once the cell points at it, and building it
+        // elsewhere and copying it in cost a `memmove` call and a store-forwarding stall.
+        let mut slot = MaybeUninit::<StackFrame>::uninit();
+        let frame = slot.as_mut_ptr();
+        // SAFETY: `frame` is valid for writes and stays in place until `Leave` drops it; every
+        // access from here on goes through this one pointer.
+        let installed = unsafe { StackFrame::init(frame, base, key, value) };
+        self.raw.set(installed);
+        let leave = Leave {
+            cell: self,
+            frame,
+            previous,
+            restore: Some(restore),
+        };
+        let result = f();
+        drop(leave);
+        result
+    }
+}
+
+/// Puts the previous frame back when a [`FrameCell::run_with_entry`] scope ends, then drops the
+/// stack frame.
+struct Leave<'a, Restore: FnOnce(&Frame, FrameRef<'_>) -> Frame> {
+    cell: &'a FrameCell,
+    frame: *mut StackFrame,
+    /// The cell's pointer before the scope, put back as it was (with the ownership it had).
+    previous: *const FrameData,
+    restore: Option<Restore>,
+}
+
+impl<Restore: FnOnce(&Frame, FrameRef<'_>) -> Frame> Drop for Leave<'_, Restore> {
+    fn drop(&mut self) {
+        let current = self.cell.raw.get();
+        let stack = self.frame.cast_const().cast::<FrameData>();
+        // SAFETY: the stack frame lives until after this guard (see `run_stacked`).
+        let promoted = unsafe { (*self.frame).promoted.get() };
+        if current == stack.map_addr(|addr| addr | STACK) {
+            self.cell.raw.set(self.previous);
+        } else if current == promoted && !promoted.is_null() {
+            // A heap frame from the start, or a poll swapped the stack frame out and its promoted
+            // copy back in: the cell owns a reference to that copy, released here (the stack
+            // frame releases its own).
+            self.cell.raw.set(self.previous);
+            // SAFETY: an untagged pointer in the cell is the cell's strong reference.
+            drop(unsafe { Arc::from_raw(promoted) });
+        } else {
+            // The code inside changed the context; every lend and stack frame inside it has ended,
+            // so the cell holds a heap frame (or none) of its own.
+            let current = self.cell.take();
+            // SAFETY: the previous frame's owner is alive: this scope (untagged), a lender or an
+            // outer stack frame.
+            let previous = unsafe { FrameCell::view(self.previous) };
+            let restore = self.restore.take().expect("a scope is left once");
+            self.cell.set(restore(&current, previous));
+            if !self.previous.is_null() && self.previous.addr() & TAGS == 0 {
+                // The cell's reference to the previous frame passed to this scope; nothing
+                // holds it any more.
+                // SAFETY: an untagged pointer in the cell is a strong reference from
+                // `Arc::into_raw`, released exactly once, here.
+                drop(unsafe { Arc::from_raw(self.previous) });
+            }
+            drop(current);
+        }
+        // SAFETY: initialised by `StackFrame::init`, no longer pointed at by the cell, and
+        // dropped once, here.
+        unsafe { ptr::drop_in_place(self.frame) };
+    }
+}
+
+/// The inline capacity of a [`StackFrame`]: over a frame that would need more entries, `run`
+/// builds a heap frame instead.
+pub(crate) const STACK_ENTRIES: usize = 4;
+
+/// A frame on the stack of a synchronous scope ([`FrameCell::run_with_entry`]).
+///
+/// Its entries are bitwise copies of the previous frame's, which outlives it, plus its own entry
+/// at its sorted place, whose value it owns in `value`. Nothing but the thread's cell points at
+/// it; whatever needs the frame beyond the scope [promotes](StackFrame::promote) it to a heap
+/// copy, made once and shared.
+#[repr(C)]
+struct StackFrame {
+    /// First, so that a pointer to the stack frame is also one to its `FrameData`.
+    data: ManuallyDrop<FrameData>,
+    /// The heap copy, once promoted (null until then); the stack frame owns one reference.
+    promoted: Cell<*const FrameData>,
+    /// `data`'s entries; never dropped (they are not owned).
+    inline: [MaybeUninit<Entry>; STACK_ENTRIES],
+    value: Option<Value>,
+    _pinned: PhantomPinned,
+}
+
+impl StackFrame {
+    /// Builds, in place at `frame`, the frame over `base` with `key` set to `value`: on the stack
+    /// when it needs at most [`STACK_ENTRIES`] entries, else as a heap frame from the start.
+    /// Returns the pointer to put in the cell: the tagged stack frame, or a new reference to the
+    /// heap frame.
+    ///
+    /// # Safety
+    ///
+    /// `frame` must be valid for writes and must not move while the result is in use; `base`
+    /// must outlive it (the stack entries are copied without their references).
+    #[inline(always)]
+    unsafe fn init(
+        frame: *mut StackFrame,
+        base: FrameRef<'_>,
+        key: u64,
+        value: Option<Value>,
+    ) -> *const FrameData {
+        let entries = base.entries;
+        let (at, replaces) = match base.position(key) {
+            Some(i) => (i, true),
+            None => (entries.partition_point(|e| e.key < key), false),
+        };
+        let after = if replaces { at + 1 } else { at };
+        let len = at + 1 + (entries.len() - after);
+        if len > STACK_ENTRIES {
+            // SAFETY: the caller's promises, passed on.
+            return unsafe { StackFrame::init_on_heap(frame, base, key, value) };
+        }
+        // SAFETY: `frame` is valid for writes (per the caller), and the slots written are within
+        // `inline`. The entries are bitwise copies, never dropped: they borrow the base entries'
+        // references, and the own entry borrows the reference that `value` keeps.
+        unsafe {
+            let slots = (&raw mut (*frame).inline).cast::<Entry>();
+            for (i, entry) in entries[..at].iter().enumerate() {
+                slots.add(i).write(ptr::read(entry));
+            }
+            slots.add(at).write(Entry {
+                key,
+                value: ptr::read(&value),
+            });
+            for (i, entry) in entries[after..].iter().enumerate() {
+                slots.add(at + 1 + i).write(ptr::read(entry));
+            }
+            (&raw mut (*frame).value).write(value);
+            (&raw mut (*frame).promoted).write(Cell::new(ptr::null()));
+            // `ManuallyDrop` is `repr(transparent)`.
+            (&raw mut (*frame).data)
+                .cast::<FrameData>()
+                .write(FrameData {
+                    entries: NonNull::slice_from_raw_parts(NonNull::new_unchecked(slots), len),
+                });
+        }
+        frame
+            .cast_const()
+            .cast::<FrameData>()
+            .map_addr(|addr| addr | STACK)
+    }
+
+    /// [`StackFrame::init`] for a frame too large for the stack: it is its own promoted copy
+    /// from the start, and the cell gets a reference to that.
+    ///
+    /// # Safety
+    ///
+    /// As for [`StackFrame::init`].
+    #[cold]
+    #[inline(never)]
+    unsafe fn init_on_heap(
+        frame: *mut StackFrame,
+        base: FrameRef<'_>,
+        key: u64,
+        value: Option<Value>,
+    ) -> *const FrameData {
+        let entries = base
+            .with(key, Some(value))
+            .expect("setting an entry changes the frame");
+        let heap = FrameCell::into_raw(Frame::from_entries(entries));
+        // SAFETY: `frame` is valid for writes; the stack frame owns one reference to `heap`, the
+        // cell gets another.
+        unsafe {
+            frame.write(StackFrame {
+                data: ManuallyDrop::new(FrameData {
+                    entries: NonNull::from(&[][..]),
+                }),
+                promoted: Cell::new(heap),
+                inline: [const { MaybeUninit::uninit() }; STACK_ENTRIES],
+                value: None,
+                _pinned: PhantomPinned,
+            });
+            Arc::increment_strong_count(heap);
+        }
+        heap
+    }
+
+    /// A heap frame with the same entries, made on the first call and shared afterwards.
+    ///
+    /// # Safety
+    ///
+    /// `data` must be a live, activated stack frame's pointer.
+    #[cold]
+    #[inline(never)]
+    unsafe fn promote(data: *const FrameData) -> Frame {
+        // SAFETY: per the caller; `data` was derived from a pointer to the whole stack frame.
+        let frame = unsafe { &*data.cast::<StackFrame>() };
+        let mut heap = frame.promoted.get();
+        if heap.is_null() {
+            heap = FrameCell::into_raw(Frame::from_entries(frame.data.entries().to_vec()));
+            frame.promoted.set(heap);
+        }
+        // SAFETY: the stack frame holds a strong reference to `heap` while it lives; the new one
+        // is the result's.
+        unsafe {
+            Arc::increment_strong_count(heap);
+            Frame(Some(Arc::from_raw(heap)))
+        }
+    }
+}
+
+impl Drop for StackFrame {
+    fn drop(&mut self) {
+        let promoted = self.promoted.get();
+        if !promoted.is_null() {
+            // SAFETY: the stack frame's own reference to its heap copy, released once.
+            drop(unsafe { Arc::from_raw(promoted) });
         }
     }
 }
@@ -313,18 +654,19 @@ impl FrameCell {
 /// The guard of [`FrameCell::lend`].
 pub(crate) struct LentFrame<'a> {
     cell: &'a FrameCell,
-    /// The lent frame. When `lender`, this guard owns its strong reference (taken from the cell);
-    /// otherwise it is a view of a reference owned by the cell's lender further up the stack.
-    frame: ManuallyDrop<Frame>,
+    /// The lent frame (untagged). When `lender`, this guard owns its strong reference (taken
+    /// from the cell); otherwise its owner is further up the stack.
+    data: *const FrameData,
     lender: bool,
-    _not_send: std::marker::PhantomData<*const ()>,
+    _not_send: PhantomData<*const ()>,
 }
 
 impl LentFrame<'_> {
     /// The frame that was current when the guard was made.
     #[inline]
-    pub(crate) fn frame(&self) -> &Frame {
-        &self.frame
+    pub(crate) fn frame(&self) -> FrameRef<'_> {
+        // SAFETY: this guard or an owner that outlives it keeps the frame alive.
+        unsafe { FrameCell::view(self.data) }
     }
 }
 
@@ -334,19 +676,15 @@ impl Drop for LentFrame<'_> {
         if !self.lender {
             return;
         }
-        let data = match &self.frame.0 {
-            Some(data) => Arc::as_ptr(data),
-            None => unreachable!("only a non-empty frame is lent"),
-        };
-        let tagged = data.map_addr(|addr| addr | LENT);
+        let tagged = self.data.map_addr(|addr| addr | LENT);
         if self.cell.raw.get() == tagged {
             // Untouched (or lent again and given back): the cell owns the reference again.
-            self.cell.raw.set(data);
+            self.cell.raw.set(self.data);
         } else {
             // The context changed meanwhile: everyone who took the frame out got a reference of
             // their own, so this one is released.
             // SAFETY: this guard owns the reference and gives it up exactly once, here.
-            unsafe { ManuallyDrop::drop(&mut self.frame) };
+            unsafe { Arc::decrement_strong_count(self.data) };
         }
     }
 }
@@ -354,7 +692,15 @@ impl Drop for LentFrame<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
     use std::sync::atomic::AtomicUsize;
+
+    impl FrameRef<'_> {
+        /// The same frame (the same entries in memory).
+        fn is(self, other: FrameRef<'_>) -> bool {
+            ptr::eq(self.entries, other.entries)
+        }
+    }
 
     /// A store that counts its drops, to prove frames are neither leaked nor freed early.
     struct Counted(Arc<AtomicUsize>);
@@ -369,7 +715,7 @@ mod tests {
         Some(Some(Arc::new(Counted(drops.clone()))))
     }
 
-    fn read(frame: &Frame, key: u64) -> Option<u64> {
+    fn read(frame: FrameRef<'_>, key: u64) -> Option<u64> {
         frame
             .lookup(key)
             .and_then(|e| e.value.as_ref())
@@ -390,12 +736,12 @@ mod tests {
             let outer = cell.replace(Frame::EMPTY.with(3, value(30)));
             drop(cell.replace(outer));
             assert_eq!(read(lent.frame(), 2), Some(20));
-            assert_eq!(read(&cell.get(), 2), Some(21));
+            assert_eq!(read(cell.get().view(), 2), Some(21));
             assert_eq!(drops.load(Ordering::SeqCst), 0);
         }
         // The changed cell keeps its frame; the lent one was released with its guard, but the
         // store it held is still shared by the new frame.
-        assert_eq!(read(&cell.get(), 2), Some(21));
+        assert_eq!(read(cell.get().view(), 2), Some(21));
         assert_eq!(drops.load(Ordering::SeqCst), 0);
         drop(cell.take());
         assert_eq!(drops.load(Ordering::SeqCst), 1);
@@ -409,10 +755,10 @@ mod tests {
         let before = cell.get();
         for _ in 0..3 {
             let lent = cell.lend();
-            assert!(lent.frame().ptr_eq(&before));
+            assert!(lent.frame().is(before.view()));
             // Nested lends of the same frame are views.
             let inner = cell.lend();
-            assert!(inner.frame().ptr_eq(&before));
+            assert!(inner.frame().is(before.view()));
         }
         // Two references: the cell's and `before`.
         assert_eq!(Arc::strong_count(before.0.as_ref().unwrap()), 2);
@@ -434,7 +780,7 @@ mod tests {
             {
                 // A nested lend of that reference, given back untouched.
                 let inner = cell.lend();
-                assert!(inner.frame().ptr_eq(outer.frame()));
+                assert!(inner.frame().is(outer.frame()));
             }
             assert!(outer.frame().lookup(1).is_some());
         }
@@ -463,7 +809,7 @@ mod tests {
     #[test]
     fn lend_of_the_empty_frame_and_panics_inside_a_lend() {
         let cell = FrameCell::new();
-        assert!(cell.lend().frame().0.is_none());
+        assert!(cell.lend().frame().entries.is_empty());
         let drops = Arc::new(AtomicUsize::new(0));
         cell.set(Frame::EMPTY.with(1, counted(&drops)));
         let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
@@ -547,5 +893,190 @@ mod tests {
             );
             assert!(frame.lookup(key * 2 + 1).is_none());
         }
+    }
+
+    /// What `run` does when the code inside changed the context: put back only `key`'s entry.
+    fn restore_key(key: u64) -> impl FnOnce(&Frame, FrameRef<'_>) -> Frame {
+        move |current, previous| current.with(key, previous.lookup(key).map(|e| e.value.clone()))
+    }
+
+    fn stacked<R>(
+        cell: &FrameCell,
+        key: u64,
+        value: Option<Option<Value>>,
+        f: impl FnOnce() -> R,
+    ) -> R {
+        cell.run_with_entry(key, value.unwrap(), f, restore_key(key))
+    }
+
+    fn current(cell: &FrameCell, key: u64) -> Option<u64> {
+        // SAFETY: `read` runs no code that touches the cell.
+        unsafe { cell.peek(|frame| read(frame, key)) }
+    }
+
+    fn present(cell: &FrameCell, key: u64) -> bool {
+        // SAFETY: the lookup runs no code that touches the cell.
+        unsafe { cell.peek(|frame| frame.lookup(key).is_some()) }
+    }
+
+    #[test]
+    fn stack_frame_reads_and_restores_the_previous_pointer_as_it_was() {
+        let drops = Arc::new(AtomicUsize::new(0));
+        let cell = FrameCell::new();
+        cell.set(Frame::EMPTY.with(3, value(30)).with(1, value(10)));
+        let before = cell.raw.get();
+        stacked(&cell, 2, value(20), || {
+            assert_eq!(cell.raw.get().addr() & TAGS, STACK);
+            assert_eq!(
+                [1, 2, 3].map(|key| current(&cell, key)),
+                [Some(10), Some(20), Some(30)]
+            );
+            // Nested: one over a stack frame, replacing an entry, then adding a counted one.
+            stacked(&cell, 1, value(11), || {
+                assert_eq!(current(&cell, 1), Some(11));
+                stacked(&cell, 4, counted(&drops), || {
+                    assert_eq!(cell.get().view().entries.len(), 4);
+                    assert_eq!(current(&cell, 2), Some(20));
+                });
+                assert_eq!(drops.load(Ordering::SeqCst), 1);
+                assert!(cell.get().lookup(4).is_none());
+            });
+            assert_eq!(current(&cell, 1), Some(10));
+        });
+        assert_eq!(cell.raw.get(), before);
+        assert_eq!(current(&cell, 2), None);
+        cell.set(Frame::EMPTY);
+    }
+
+    #[test]
+    fn stack_frame_is_promoted_once_and_what_captured_it_keeps_its_stores() {
+        let drops = Arc::new(AtomicUsize::new(0));
+        let cell = FrameCell::new();
+        let (first, second) = stacked(&cell, 1, counted(&drops), || {
+            let first = cell.get();
+            let second = cell.get();
+            assert!(first.ptr_eq(&second));
+            assert!(first.lookup(1).is_some());
+            (first, second)
+        });
+        assert!(cell.get().lookup(1).is_none());
+        assert_eq!(drops.load(Ordering::SeqCst), 0);
+        drop(first);
+        assert_eq!(drops.load(Ordering::SeqCst), 0);
+        drop(second);
+        assert_eq!(drops.load(Ordering::SeqCst), 1);
+    }
+
+    #[test]
+    fn poll_inside_a_stack_frame_leaves_its_promoted_copy_in_the_cell() {
+        let drops = Arc::new(AtomicUsize::new(0));
+        let cell = FrameCell::new();
+        let mut resource = Frame::EMPTY.with(9, value(90));
+        stacked(&cell, 1, counted(&drops), || {
+            // Enter and leave a resource, as a poll does.
+            cell.swap(&mut resource);
+            assert_eq!(current(&cell, 9), Some(90));
+            cell.swap(&mut resource);
+            assert_eq!(cell.raw.get().addr() & TAGS, 0, "the promoted copy");
+            assert!(cell.get().lookup(1).is_some());
+        });
+        assert!(cell.raw.get().is_null());
+        assert_eq!(drops.load(Ordering::SeqCst), 1);
+        assert_eq!(read(resource.view(), 9), Some(90));
+    }
+
+    #[test]
+    fn changes_inside_a_stack_frame_keep_other_entries_and_release_the_rest() {
+        let drops = Arc::new(AtomicUsize::new(0));
+        let cell = FrameCell::new();
+        cell.set(Frame::EMPTY.with(1, counted(&drops)));
+        stacked(&cell, 2, counted(&drops), || {
+            // An `enter_with` of another storage inside.
+            let taken = cell.take();
+            cell.set(taken.with(3, value(30)));
+        });
+        // Ours restored (removed), the other change kept, the previous frame released.
+        assert_eq!(
+            cell.get()
+                .view()
+                .entries
+                .iter()
+                .map(|e| e.key)
+                .collect::<Vec<_>>(),
+            [1, 3]
+        );
+        assert_eq!(drops.load(Ordering::SeqCst), 1, "the scope's own store");
+        cell.set(Frame::EMPTY);
+        assert_eq!(drops.load(Ordering::SeqCst), 2);
+    }
+
+    #[test]
+    fn stack_frame_over_a_lent_frame_and_a_changed_one_inside() {
+        let drops = Arc::new(AtomicUsize::new(0));
+        let cell = FrameCell::new();
+        cell.set(Frame::EMPTY.with(1, counted(&drops)));
+        {
+            let lent = cell.lend();
+            stacked(&cell, 2, value(20), || {
+                assert!(present(&cell, 1));
+                stacked(&cell, 3, value(30), || {
+                    let taken = cell.take();
+                    cell.set(taken.with(4, value(40)));
+                });
+                // The inner scope restored its entry over the changed frame.
+                assert!(cell.get().lookup(3).is_none());
+                assert!(cell.get().lookup(4).is_some());
+            });
+            assert!(lent.frame().lookup(1).is_some());
+            assert!(cell.get().lookup(4).is_some());
+            assert!(cell.get().lookup(2).is_none());
+        }
+        assert_eq!(drops.load(Ordering::SeqCst), 0);
+        cell.set(Frame::EMPTY);
+        assert_eq!(drops.load(Ordering::SeqCst), 1);
+    }
+
+    #[test]
+    fn panic_inside_a_stack_frame_restores_and_releases() {
+        let drops = Arc::new(AtomicUsize::new(0));
+        let cell = FrameCell::new();
+        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            stacked(&cell, 1, counted(&drops), || {
+                let _captured = cell.get();
+                panic!("inside run");
+            })
+        }));
+        assert!(result.is_err());
+        assert!(cell.raw.get().is_null());
+        assert_eq!(drops.load(Ordering::SeqCst), 1);
+    }
+
+    #[test]
+    fn frames_past_the_stack_capacity_go_on_the_heap() {
+        let drops = Arc::new(AtomicUsize::new(0));
+        let cell = FrameCell::new();
+        cell.set((1..=STACK_ENTRIES as u64).fold(Frame::EMPTY, |f, key| f.with(key, value(key))));
+        // Replacing an entry still fits; a new one does not.
+        stacked(&cell, 1, value(100), || {
+            assert_eq!(cell.raw.get().addr() & TAGS, STACK);
+            assert_eq!(current(&cell, 1), Some(100));
+        });
+        let before = cell.raw.get();
+        stacked(&cell, 99, counted(&drops), || {
+            assert_eq!(cell.raw.get().addr() & TAGS, 0);
+            assert!(present(&cell, 99));
+            let captured = cell.get();
+            assert_eq!(captured.view().entries.len(), STACK_ENTRIES + 1);
+            // A change inside, kept when the scope ends.
+            let taken = cell.take();
+            cell.set(taken.with(0, value(0)));
+        });
+        assert_ne!(cell.raw.get(), before);
+        assert!(!present(&cell, 99) && present(&cell, 0) && present(&cell, 4));
+        assert_eq!(drops.load(Ordering::SeqCst), 1);
+        stacked(&cell, 98, counted(&drops), || ());
+        assert!(!present(&cell, 98));
+        assert_eq!(drops.load(Ordering::SeqCst), 2);
+        cell.set(Frame::EMPTY);
     }
 }
