@@ -180,8 +180,8 @@ fn store_ref<T: Send + Sync + 'static>(value: &Value) -> &T {
         value.is::<T>(),
         "a storage key holds a value of another type"
     );
-    // SAFETY: the value is a `T` (see above); the pointer comes from a live reference.
-    unsafe { &*(Arc::as_ptr(value) as *const T) }
+    // SAFETY: the value is a `T` (see above).
+    unsafe { value.get::<T>() }
 }
 
 /// Clones the store out of an entry as a thin `Arc<T>`.
@@ -193,9 +193,8 @@ fn typed<T: Send + Sync + 'static>(value: &Option<Value>) -> Option<Arc<T>> {
         value.is::<T>(),
         "a storage key holds a value of another type"
     );
-    // SAFETY: the allocation is an `Arc<T>`'s (see `store_ref`), and the clone gives the new
-    // `Arc<T>` a strong reference of its own.
-    Some(unsafe { Arc::from_raw(Arc::into_raw(value.clone()) as *const T) })
+    // SAFETY: the value is a `T` (see `store_ref`).
+    Some(unsafe { value.to_arc::<T>() })
 }
 
 /// Context-local storage: a value that follows the logical flow of async work — through
@@ -382,7 +381,7 @@ impl<T: Send + Sync + 'static> AsyncLocalStorage<T> {
     /// ```
     pub fn run<R>(&self, store: T, f: impl FnOnce() -> R) -> R {
         let key = self.write_key();
-        let value: Value = Arc::new(store);
+        let value = Value::new(Arc::new(store));
         with_state(|state| scoped(state, &self.key, key, Some(value), f))
     }
 
@@ -419,7 +418,7 @@ impl<T: Send + Sync + 'static> AsyncLocalStorage<T> {
     /// ```
     pub fn enter_with(&self, store: T) {
         let key = self.write_key();
-        let value: Value = Arc::new(store);
+        let value = Value::new(Arc::new(store));
         release_at_thread_exit();
         with_state(|state| {
             let frame = state.frame.take();
@@ -444,7 +443,7 @@ impl<T: Send + Sync + 'static> AsyncLocalStorage<T> {
     /// ```
     pub fn enter_scope(&self, store: T) -> StorageGuard<'_, T> {
         let key = self.write_key();
-        let value: Value = Arc::new(store);
+        let value = Value::new(Arc::new(store));
         release_at_thread_exit();
         let entry = with_state(|state| KeyEntry::set(state, key, Some(value)));
         StorageGuard {
@@ -604,7 +603,7 @@ impl<T: Send + Sync + 'static, F: Future> Future for Scope<'_, T, F> {
                     derived.clone()
                 }
                 _ => {
-                    let value: Value = this.value.clone();
+                    let value = Value::new(this.value.clone());
                     let derived = base.with(key, Some(Some(value)));
                     *this.cache = Some((key, base.clone(), derived.clone()));
                     derived

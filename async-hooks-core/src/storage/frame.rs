@@ -12,7 +12,7 @@
 //!
 //! This is the one module of the core with `unsafe` code; its tests run under Miri.
 
-use std::any::Any;
+use std::any::TypeId;
 use std::cell::Cell;
 use std::fmt;
 use std::marker::{PhantomData, PhantomPinned};
@@ -21,7 +21,120 @@ use std::ptr::{self, NonNull};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 
-pub(crate) type Value = Arc<dyn Any + Send + Sync>;
+/// A store held by frames: an `Arc<T>` kept as a thin pointer to the `T` itself, so that a read
+/// reaches the value in one load (an `Arc<dyn Any>` first needs the alignment from its vtable to
+/// find the value behind the counts, one more dependent load on every `get_store`).
+pub(crate) struct Value {
+    /// From `Arc::<T>::into_raw`; this `Value` owns one strong reference.
+    data: NonNull<()>,
+    ops: &'static ValueOps,
+}
+
+/// What a [`Value`] needs to know of its `T`.
+struct ValueOps {
+    retain: unsafe fn(NonNull<()>),
+    release: unsafe fn(NonNull<()>),
+    type_id: fn() -> TypeId,
+}
+
+struct OpsOf<T>(PhantomData<T>);
+
+impl<T: Send + Sync + 'static> OpsOf<T> {
+    const OPS: &'static ValueOps = &ValueOps {
+        retain: OpsOf::<T>::retain,
+        release: OpsOf::<T>::release,
+        type_id: TypeId::of::<T>,
+    };
+
+    /// # Safety
+    ///
+    /// `data` must come from `Arc::<T>::into_raw` and still hold a strong reference.
+    unsafe fn retain(data: NonNull<()>) {
+        // SAFETY: per the caller.
+        unsafe { Arc::increment_strong_count(data.cast::<T>().as_ptr()) }
+    }
+
+    /// # Safety
+    ///
+    /// As for `retain`; the reference released is the caller's.
+    unsafe fn release(data: NonNull<()>) {
+        // SAFETY: per the caller.
+        unsafe { Arc::decrement_strong_count(data.cast::<T>().as_ptr()) }
+    }
+}
+
+// SAFETY: a `Value` is an `Arc<T>` with `T: Send + Sync` (`Value::new`'s bound), which is `Send`
+// and `Sync`.
+unsafe impl Send for Value {}
+// SAFETY: see `Send`.
+unsafe impl Sync for Value {}
+
+impl Value {
+    pub(crate) fn new<T: Send + Sync + 'static>(store: Arc<T>) -> Value {
+        Value {
+            // SAFETY: `Arc::into_raw` never returns null.
+            data: unsafe { NonNull::new_unchecked(Arc::into_raw(store).cast_mut().cast()) },
+            ops: OpsOf::<T>::OPS,
+        }
+    }
+
+    /// Whether the store is a `T`.
+    pub(crate) fn is<T: 'static>(&self) -> bool {
+        (self.ops.type_id)() == TypeId::of::<T>()
+    }
+
+    /// The store, by reference.
+    ///
+    /// # Safety
+    ///
+    /// The store must be a `T` (see [`Value::is`]).
+    #[inline]
+    pub(crate) unsafe fn get<T>(&self) -> &T {
+        // SAFETY: per the caller it points to a live `T`, kept alive by `self`'s reference.
+        unsafe { self.data.cast::<T>().as_ref() }
+    }
+
+    /// A new `Arc` to the store.
+    ///
+    /// # Safety
+    ///
+    /// The store must be a `T` (see [`Value::is`]).
+    #[inline]
+    pub(crate) unsafe fn to_arc<T>(&self) -> Arc<T> {
+        let data = self.data.cast::<T>().as_ptr().cast_const();
+        // SAFETY: per the caller `data` came from `Arc::<T>::into_raw`, alive through `self`;
+        // the new strong reference is the result's.
+        unsafe {
+            Arc::increment_strong_count(data);
+            Arc::from_raw(data)
+        }
+    }
+
+    /// The store, by reference, if it is a `T`.
+    #[cfg(test)]
+    pub(crate) fn downcast_ref<T: 'static>(&self) -> Option<&T> {
+        // SAFETY: checked.
+        self.is::<T>().then(|| unsafe { self.get::<T>() })
+    }
+}
+
+impl Clone for Value {
+    fn clone(&self) -> Value {
+        // SAFETY: `data` holds a strong reference of the type `ops` was made for.
+        unsafe { (self.ops.retain)(self.data) };
+        Value {
+            data: self.data,
+            ops: self.ops,
+        }
+    }
+}
+
+impl Drop for Value {
+    fn drop(&mut self) {
+        // SAFETY: as in `clone`; this value's reference is released once, here.
+        unsafe { (self.ops.release)(self.data) }
+    }
+}
 
 /// One storage's entry in a frame. `value: None` means the storage was exited (`get_store()`
 /// is `None`, not the default); a storage with no entry shows its default.
@@ -357,8 +470,24 @@ impl FrameCell {
     /// A new reference to the current frame (O(1): one refcount increment, none when empty).
     #[inline]
     pub(crate) fn get(&self) -> Frame {
+        let raw = self.raw.get();
+        if raw.addr() & STACK != 0 {
+            return self.promote_in_place(raw);
+        }
         // SAFETY: the pointer is in the cell, so its owner is alive.
-        unsafe { FrameCell::cloned(self.raw.get()) }
+        unsafe { FrameCell::cloned(raw) }
+    }
+
+    /// [`FrameCell::get`] of a stack frame: promotes it and leaves the heap copy in the cell
+    /// (with a reference of its own), so that further captures in the same scope take the
+    /// plain path. The scope's end recognises the copy as its own frame.
+    #[cold]
+    #[inline(never)]
+    fn promote_in_place(&self, raw: *const FrameData) -> Frame {
+        // SAFETY: the pointer is in the cell, so its stack frame is alive.
+        let frame = unsafe { StackFrame::promote(untagged(raw)) };
+        self.raw.set(FrameCell::into_raw(frame.clone()));
+        frame
     }
 
     /// Calls `f` with the current frame in place, without touching its refcount.
@@ -712,7 +841,7 @@ mod tests {
     }
 
     fn counted(drops: &Arc<AtomicUsize>) -> Option<Option<Value>> {
-        Some(Some(Arc::new(Counted(drops.clone()))))
+        Some(Some(Value::new(Arc::new(Counted(drops.clone())))))
     }
 
     fn read(frame: FrameRef<'_>, key: u64) -> Option<u64> {
@@ -837,7 +966,7 @@ mod tests {
     }
 
     fn value(v: u64) -> Option<Option<Value>> {
-        Some(Some(Arc::new(v)))
+        Some(Some(Value::new(Arc::new(v))))
     }
 
     #[test]
@@ -954,6 +1083,7 @@ mod tests {
         let cell = FrameCell::new();
         let (first, second) = stacked(&cell, 1, counted(&drops), || {
             let first = cell.get();
+            assert_eq!(cell.raw.get(), Arc::as_ptr(first.0.as_ref().unwrap()));
             let second = cell.get();
             assert!(first.ptr_eq(&second));
             assert!(first.lookup(1).is_some());
