@@ -357,6 +357,7 @@ impl fmt::Debug for Hooks {
 }
 
 impl HookCallbacks for Hooks {
+    #[inline]
     fn init(
         &self,
         async_id: AsyncId,
@@ -368,21 +369,25 @@ impl HookCallbacks for Hooks {
             f(async_id, type_name, trigger_async_id, resource)
         }
     }
+    #[inline]
     fn before(&self, async_id: AsyncId) {
         if let Some(f) = &self.before {
             f(async_id)
         }
     }
+    #[inline]
     fn after(&self, async_id: AsyncId) {
         if let Some(f) = &self.after {
             f(async_id)
         }
     }
+    #[inline]
     fn destroy(&self, async_id: AsyncId) {
         if let Some(f) = &self.destroy {
             f(async_id)
         }
     }
+    #[inline]
     fn promise_resolve(&self, async_id: AsyncId) {
         if let Some(f) = &self.promise_resolve {
             f(async_id)
@@ -407,9 +412,81 @@ impl HookCallbacks for Hooks {
 }
 
 struct HookInner {
-    callbacks: Box<dyn HookCallbacks>,
+    callbacks: Callbacks,
     events: EventMask,
     enabled: AtomicBool,
+}
+
+/// A hook's callbacks. Those of the [`Hooks`] builder are kept as they are, so that an event
+/// calls the user's closure directly: through `dyn HookCallbacks` it took two indirect calls.
+enum Callbacks {
+    Closures(Hooks),
+    Custom(Box<dyn HookCallbacks>),
+}
+
+impl Callbacks {
+    fn new<C: HookCallbacks>(callbacks: C) -> Callbacks {
+        let mut slot = Some(callbacks);
+        if let Some(hooks) = (&mut slot as &mut dyn std::any::Any).downcast_mut::<Option<Hooks>>() {
+            return Callbacks::Closures(hooks.take().expect("set just above"));
+        }
+        Callbacks::Custom(Box::new(slot.expect("not taken")))
+    }
+}
+
+/// Each method calls the builder's closure or the custom implementation.
+impl HookCallbacks for Callbacks {
+    #[inline(always)]
+    fn init(
+        &self,
+        async_id: AsyncId,
+        type_name: &str,
+        trigger_async_id: AsyncId,
+        resource: &Resource,
+    ) {
+        match self {
+            Callbacks::Closures(hooks) => {
+                hooks.init(async_id, type_name, trigger_async_id, resource)
+            }
+            Callbacks::Custom(custom) => {
+                custom.init(async_id, type_name, trigger_async_id, resource)
+            }
+        }
+    }
+    #[inline(always)]
+    fn before(&self, async_id: AsyncId) {
+        match self {
+            Callbacks::Closures(hooks) => hooks.before(async_id),
+            Callbacks::Custom(custom) => custom.before(async_id),
+        }
+    }
+    #[inline(always)]
+    fn after(&self, async_id: AsyncId) {
+        match self {
+            Callbacks::Closures(hooks) => hooks.after(async_id),
+            Callbacks::Custom(custom) => custom.after(async_id),
+        }
+    }
+    #[inline(always)]
+    fn destroy(&self, async_id: AsyncId) {
+        match self {
+            Callbacks::Closures(hooks) => hooks.destroy(async_id),
+            Callbacks::Custom(custom) => custom.destroy(async_id),
+        }
+    }
+    #[inline(always)]
+    fn promise_resolve(&self, async_id: AsyncId) {
+        match self {
+            Callbacks::Closures(hooks) => hooks.promise_resolve(async_id),
+            Callbacks::Custom(custom) => custom.promise_resolve(async_id),
+        }
+    }
+    fn events(&self) -> EventMask {
+        match self {
+            Callbacks::Closures(hooks) => hooks.events(),
+            Callbacks::Custom(custom) => custom.events(),
+        }
+    }
 }
 
 /// A hook created by [`create_hook`]: a cheap `Clone` handle. Created disabled.
@@ -452,7 +529,7 @@ pub fn create_hook(callbacks: impl HookCallbacks) -> AsyncHook {
     let events = callbacks.events();
     AsyncHook {
         inner: Arc::new(HookInner {
-            callbacks: Box::new(callbacks),
+            callbacks: Callbacks::new(callbacks),
             events,
             enabled: AtomicBool::new(false),
         }),
@@ -770,7 +847,7 @@ pub(crate) fn emit_destroy(async_id: AsyncId) {
 /// thread's locals are being torn down (its view of the registry already gone), events are not
 /// delivered.
 #[inline(always)]
-fn dispatch(kind: Kind, async_id: AsyncId, deliver: impl Fn(&dyn HookCallbacks)) {
+fn dispatch(kind: Kind, async_id: AsyncId, deliver: impl Fn(&Callbacks)) {
     let _ = THREAD_HOOKS.try_with(|hooks| {
         let depth = depth();
         let table = hooks.dispatch_table(registry(), depth);
@@ -786,7 +863,7 @@ fn dispatch(kind: Kind, async_id: AsyncId, deliver: impl Fn(&dyn HookCallbacks))
         // A nested dispatch inside a callback puts this back when it returns.
         let outer = hooks.in_callback.replace(Some((kind, async_id)));
         for hook in list {
-            let result = panic::catch_unwind(AssertUnwindSafe(|| deliver(&*hook.callbacks)));
+            let result = panic::catch_unwind(AssertUnwindSafe(|| deliver(&hook.callbacks)));
             if let Err(payload) = result {
                 fatal(kind, async_id, panic_message(&*payload));
             }
@@ -846,4 +923,32 @@ fn install_panic_hook() {
             }
         }));
     });
+}
+
+#[cfg(all(test, not(async_hooks_loom)))]
+mod tests {
+    use super::*;
+    use std::sync::atomic::AtomicU64;
+
+    #[test]
+    fn builder_closures_are_kept_as_closures_and_custom_callbacks_boxed() {
+        static SEEN: AtomicU64 = AtomicU64::new(0);
+        struct Custom;
+        impl HookCallbacks for Custom {
+            fn before(&self, async_id: AsyncId) {
+                SEEN.fetch_add(async_id.as_u64() * 10, Ordering::Relaxed);
+            }
+        }
+        let closures = Callbacks::new(Hooks::new().before(|id| {
+            SEEN.fetch_add(id.as_u64(), Ordering::Relaxed);
+        }));
+        let custom = Callbacks::new(Custom);
+        assert!(matches!(closures, Callbacks::Closures(_)));
+        assert!(matches!(custom, Callbacks::Custom(_)));
+        assert_eq!(closures.events(), EventMask::BEFORE);
+        closures.before(AsyncId::from_u64(2));
+        custom.before(AsyncId::from_u64(3));
+        closures.after(AsyncId::from_u64(100));
+        assert_eq!(SEEN.load(Ordering::Relaxed), 32);
+    }
 }
