@@ -702,3 +702,47 @@ fn destroy_fires_when_the_inner_drop_panics() {
         ]
     );
 }
+
+#[test]
+fn init_makes_the_handle_only_when_a_callback_keeps_or_uses_the_resource() {
+    let _serial = serial();
+    let kept: Arc<Mutex<Vec<Resource>>> = Arc::default();
+    let kept_in_init = kept.clone();
+    let hook = create_hook(Hooks::new().init(move |id, ty, trigger, resource| {
+        // Reading the ids and the type needs no handle.
+        assert_eq!(
+            (resource.async_id(), resource.trigger_async_id()),
+            (id, trigger)
+        );
+        assert_eq!(resource.type_name(), ty);
+        if ty == "Kept" {
+            // Kept from another thread while `init` runs: the resource keeps that handle.
+            std::thread::scope(|s| {
+                s.spawn(|| {
+                    resource.insert(7u32);
+                    kept_in_init.lock().unwrap().push(resource.clone());
+                });
+            });
+            assert_eq!(resource, &kept_in_init.lock().unwrap()[0]);
+        }
+    }))
+    .enable();
+    let lazy = AsyncResource::new("Lazy");
+    let kept_resource = AsyncResource::new("Kept");
+    hook.disable();
+    let from_init = kept.lock().unwrap().pop().expect("kept in init");
+    assert_eq!(from_init, kept_resource.resource());
+    assert_eq!(
+        kept_resource
+            .run_in_async_scope(|| execution_async_resource().get::<u32>())
+            .as_deref(),
+        Some(&7)
+    );
+    assert_eq!(from_init.async_id(), kept_resource.async_id());
+    // The other one's handle, made on first use afterwards, is still one handle.
+    assert_eq!(
+        lazy.resource(),
+        lazy.run_in_async_scope(execution_async_resource)
+    );
+    assert_eq!(lazy.resource().type_name(), "Lazy");
+}

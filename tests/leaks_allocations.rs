@@ -108,4 +108,8 @@ fn with_a_hook_nothing_accumulates() {
         "with an init hook: {instrumented} allocation(s) per #[async_resource] lifecycle, \
          {resource} per AsyncResource, {stored} per run + future"
     );
+    // An `init` hook that does not keep the resource makes no handle for it.
+    assert_eq!((instrumented, resource), (0, 0));
+    // `run`'s store, and the frame copied to the heap for the future that keeps it.
+    assert_eq!(stored, 3);
 }

@@ -4,7 +4,7 @@ use std::any::{Any, TypeId};
 use std::cell::Cell;
 use std::collections::BTreeMap;
 use std::fmt;
-use std::ptr;
+use std::ptr::{self, NonNull};
 use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU32, Ordering};
 use std::sync::{Arc, LazyLock, Mutex, PoisonError};
 
@@ -148,10 +148,71 @@ pub fn async_wrap_providers() -> BTreeMap<String, u32> {
 ///     assert_eq!(user.0, "ada");
 /// });
 /// ```
-#[derive(Clone)]
 pub struct Resource {
-    inner: Arc<ResourceInner>,
+    repr: Repr,
 }
+
+enum Repr {
+    Shared(Arc<ResourceInner>),
+    /// The resource being created, behind the `&Resource` that `init` callbacks get (see
+    /// [`PendingInit`]): its shared handle is made only if a callback asks for one.
+    Pending(NonNull<PendingInit>),
+}
+
+/// A resource during its `init` callbacks, on `emit_init`'s stack. Most `init` hooks read only
+/// the ids and the type; a callback that keeps the resource (`clone`), compares it or uses its
+/// slots makes the shared handle then, once, and `emit_init` keeps that handle for the resource.
+struct PendingInit {
+    async_id: AsyncId,
+    trigger_async_id: AsyncId,
+    ty: &'static ResourceType,
+    /// The handle once made (from `Arc::into_raw`, owning one strong reference that passes to
+    /// the identity word), else null. Not a `OnceLock`: moving its 16 bytes out at the end cost
+    /// a store-forwarding stall on every resource.
+    handle: AtomicPtr<ResourceInner>,
+}
+
+impl PendingInit {
+    /// The handle, made now if no callback made it yet (a callback may share the resource with
+    /// other threads, so it is published with a compare-and-swap): the pointer from
+    /// `Arc::into_raw`, valid for as long as `self` is.
+    fn handle(&self) -> *const ResourceInner {
+        let mut handle = self.handle.load(Ordering::Acquire);
+        if handle.is_null() {
+            let ours = Arc::into_raw(Arc::new(ResourceInner::new(
+                self.async_id,
+                self.trigger_async_id,
+                self.ty,
+            )))
+            .cast_mut();
+            handle = match self.handle.compare_exchange(
+                ptr::null_mut(),
+                ours,
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            ) {
+                Ok(_) => ours,
+                Err(theirs) => {
+                    // SAFETY: `ours` was never published; this gives back its only reference.
+                    #[allow(unsafe_code)]
+                    drop(unsafe { Arc::from_raw(ours) });
+                    theirs
+                }
+            };
+        }
+        handle
+    }
+}
+
+// SAFETY: a shared handle is an `Arc` of `Send + Sync` data (ids, a static, a `Mutex` of
+// `Send + Sync` values). A pending one exists only as the local in `emit_init` that its `init`
+// callbacks borrow: no owned `Resource` ever holds `Repr::Pending` beyond that call (`clone`
+// makes a shared handle), and `PendingInit` is `Sync` (its handle is published atomically).
+#[allow(unsafe_code)]
+unsafe impl Send for Resource {}
+// SAFETY: see `Send`.
+#[allow(unsafe_code)]
+unsafe impl Sync for Resource {}
 
 type Slot = (TypeId, Arc<dyn Any + Send + Sync>);
 
@@ -162,6 +223,17 @@ struct ResourceInner {
     slots: Mutex<Vec<Slot>>,
 }
 
+impl ResourceInner {
+    fn new(async_id: AsyncId, trigger_async_id: AsyncId, ty: &'static ResourceType) -> Self {
+        ResourceInner {
+            async_id,
+            trigger_async_id,
+            ty,
+            slots: Mutex::new(Vec::new()),
+        }
+    }
+}
+
 impl Resource {
     pub(crate) fn new(
         async_id: AsyncId,
@@ -169,12 +241,39 @@ impl Resource {
         ty: &'static ResourceType,
     ) -> Resource {
         Resource {
-            inner: Arc::new(ResourceInner {
-                async_id,
-                trigger_async_id,
-                ty,
-                slots: Mutex::new(Vec::new()),
-            }),
+            repr: Repr::Shared(Arc::new(ResourceInner::new(async_id, trigger_async_id, ty))),
+        }
+    }
+
+    /// The shared handle's data, made now for a resource still in its `init` callbacks.
+    fn shared(&self) -> &ResourceInner {
+        match &self.repr {
+            Repr::Shared(inner) => inner,
+            Repr::Pending(pending) => {
+                // SAFETY: a pending resource is only reachable while `emit_init` runs its
+                // callbacks, and its `PendingInit` lives on that call's stack until they return.
+                #[allow(unsafe_code)]
+                let pending = unsafe { pending.as_ref() };
+                // SAFETY: a published handle holds a strong reference until the identity word
+                // that takes it over is dropped, after this `PendingInit` is gone.
+                #[allow(unsafe_code)]
+                unsafe {
+                    &*pending.handle()
+                }
+            }
+        }
+    }
+
+    /// The ids and type, without making a handle.
+    fn parts(&self) -> (AsyncId, AsyncId, &'static ResourceType) {
+        match &self.repr {
+            Repr::Shared(inner) => (inner.async_id, inner.trigger_async_id, inner.ty),
+            Repr::Pending(pending) => {
+                // SAFETY: as in `shared`.
+                #[allow(unsafe_code)]
+                let pending = unsafe { pending.as_ref() };
+                (pending.async_id, pending.trigger_async_id, pending.ty)
+            }
         }
     }
 
@@ -193,7 +292,7 @@ impl Resource {
     /// assert_eq!(r.resource().async_id(), r.async_id());
     /// ```
     pub fn async_id(&self) -> AsyncId {
-        self.inner.async_id
+        self.parts().0
     }
 
     /// The id of the execution that created the resource.
@@ -203,7 +302,7 @@ impl Resource {
     /// assert_eq!(AsyncResource::new("Job").resource().trigger_async_id(), AsyncId::ROOT);
     /// ```
     pub fn trigger_async_id(&self) -> AsyncId {
-        self.inner.trigger_async_id
+        self.parts().1
     }
 
     /// The resource's type name, e.g. `"DBQuery"`; `"ROOT"` for the root resource.
@@ -214,11 +313,11 @@ impl Resource {
     /// assert_eq!(execution_async_resource().type_name(), "ROOT");
     /// ```
     pub fn type_name(&self) -> &'static str {
-        self.inner.ty.name
+        self.parts().2.name
     }
 
     fn slots(&self) -> std::sync::MutexGuard<'_, Vec<Slot>> {
-        self.inner
+        self.shared()
             .slots
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
@@ -286,9 +385,34 @@ impl Resource {
     }
 }
 
+/// A clone is a shared handle, also of a resource still in its `init` callbacks (whose handle is
+/// made then, and kept by the resource).
+impl Clone for Resource {
+    fn clone(&self) -> Resource {
+        let inner = match &self.repr {
+            Repr::Shared(inner) => inner.clone(),
+            Repr::Pending(pending) => {
+                // SAFETY: as in `shared`.
+                #[allow(unsafe_code)]
+                let inner = unsafe { pending.as_ref() }.handle();
+                // SAFETY: the handle's published reference outlives this call; the new `Arc`
+                // takes one of its own.
+                #[allow(unsafe_code)]
+                unsafe {
+                    Arc::increment_strong_count(inner);
+                    Arc::from_raw(inner)
+                }
+            }
+        };
+        Resource {
+            repr: Repr::Shared(inner),
+        }
+    }
+}
+
 impl PartialEq for Resource {
     fn eq(&self, other: &Resource) -> bool {
-        Arc::ptr_eq(&self.inner, &other.inner)
+        ptr::eq(self.shared(), other.shared())
     }
 }
 
@@ -296,7 +420,7 @@ impl Eq for Resource {}
 
 impl std::hash::Hash for Resource {
     fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
-        std::ptr::hash(Arc::as_ptr(&self.inner), state)
+        std::ptr::hash(self.shared(), state)
     }
 }
 
@@ -500,7 +624,7 @@ unsafe fn clone_handle(word: *mut ()) -> Resource {
     unsafe {
         Arc::increment_strong_count(inner);
         Resource {
-            inner: Arc::from_raw(inner),
+            repr: Repr::Shared(Arc::from_raw(inner)),
         }
     }
 }
@@ -517,13 +641,24 @@ fn new_handle(
     trigger_id: AsyncId,
     ty: &'static ResourceType,
 ) -> (Resource, *mut ()) {
-    let handle = Resource::new(async_id, trigger_id, ty);
-    let raw = Arc::into_raw(handle.inner.clone()).cast_mut().cast::<()>();
-    (handle, raw.map_addr(|addr| addr | HANDLE))
+    let inner = Arc::new(ResourceInner::new(async_id, trigger_id, ty));
+    let word = handle_word(inner.clone());
+    (
+        Resource {
+            repr: Repr::Shared(inner),
+        },
+        word,
+    )
 }
 
-/// Makes the new resource's handle, fires `init` with it and returns the identity word that
-/// keeps it.
+/// The identity word that owns `inner`'s strong reference.
+fn handle_word(inner: Arc<ResourceInner>) -> *mut () {
+    let raw = Arc::into_raw(inner).cast_mut().cast::<()>();
+    raw.map_addr(|addr| addr | HANDLE)
+}
+
+/// Fires `init` for a new resource and returns its identity word: the type, or the handle a
+/// callback made (see [`PendingInit`]).
 // `extern "C"`, so it cannot unwind (a hook's panic is fatal anyway): the wrapper being built
 // around this call then needs no landing pad and is built in place. Never called from C; the ABI
 // is only for the no-unwind guarantee.
@@ -535,9 +670,38 @@ extern "C" fn emit_init(
     trigger_id: AsyncId,
     ty: &'static ResourceType,
 ) -> *mut () {
-    let (handle, word) = new_handle(async_id, trigger_id, ty);
-    hooks::emit_init(async_id, ty.name, trigger_id, &handle);
-    word
+    with_pending(async_id, trigger_id, ty, |resource| {
+        hooks::emit_init(async_id, ty.name, trigger_id, resource)
+    })
+}
+
+/// Calls `init` with the resource being created, as a pending handle (see [`PendingInit`]),
+/// and returns its identity word: the type, or the handle `init` made.
+#[inline(always)]
+fn with_pending(
+    async_id: AsyncId,
+    trigger_id: AsyncId,
+    ty: &'static ResourceType,
+    init: impl FnOnce(&Resource),
+) -> *mut () {
+    let mut pending = PendingInit {
+        async_id,
+        trigger_async_id: trigger_id,
+        ty,
+        handle: AtomicPtr::new(ptr::null_mut()),
+    };
+    let resource = Resource {
+        repr: Repr::Pending(NonNull::from(&pending)),
+    };
+    init(&resource);
+    drop(resource);
+    let handle = *pending.handle.get_mut();
+    if handle.is_null() {
+        type_word(ty)
+    } else {
+        // The handle's reference passes to the word.
+        handle.cast::<()>().map_addr(|addr| addr | HANDLE)
+    }
 }
 
 /// Options for [`AsyncResource::with_options`], Node's `new AsyncResource(type, options)`.
@@ -789,6 +953,41 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_pending_resource_makes_its_handle_only_when_init_keeps_it() {
+        static TYPE: ResourceType = ResourceType::new("Pending");
+        let (id, trigger) = (AsyncId::from_u64(1_000_003), AsyncId::ROOT);
+        let word = with_pending(id, trigger, &TYPE, |resource| {
+            assert_eq!(resource.async_id(), id);
+            assert_eq!(resource.trigger_async_id(), trigger);
+            assert_eq!(resource.type_name(), "Pending");
+            let _ = format!("{resource:?}");
+        });
+        assert_eq!(word, type_word(&TYPE));
+
+        let mut kept = None;
+        let word = with_pending(id, trigger, &TYPE, |resource| {
+            std::thread::scope(|s| {
+                s.spawn(|| resource.insert(5u8));
+            });
+            assert_eq!(resource.get::<u8>().as_deref(), Some(&5));
+            kept = Some(resource.clone());
+            assert_eq!(kept.as_ref(), Some(resource));
+        });
+        assert_eq!(word.addr() & TAGS, HANDLE);
+        let identity = Identity {
+            async_id: id,
+            trigger_id: trigger,
+            word: AtomicPtr::new(word),
+        };
+        let kept = kept.expect("cloned in init");
+        assert_eq!(identity.handle(), kept);
+        assert_eq!(identity.ty().name, "Pending");
+        drop(identity);
+        // The clone still holds the handle and its slot.
+        assert_eq!(kept.remove::<u8>().as_deref(), Some(&5));
+    }
+
+    #[test]
     fn losing_the_race_to_publish_a_handle_gives_ours_back() {
         static TYPE: ResourceType = ResourceType::new("Raced");
         let identity = Identity {
@@ -801,7 +1000,10 @@ mod tests {
         // ...while another thread publishes first.
         let winner = identity.handle();
         let ours = new_handle(identity.async_id, identity.trigger_id, &TYPE);
-        let ours_inner = Arc::downgrade(&ours.0.inner);
+        let ours_inner = match &ours.0.repr {
+            Repr::Shared(inner) => Arc::downgrade(inner),
+            Repr::Pending(_) => unreachable!("a new handle is shared"),
+        };
         let got = identity.publish(stale, ours);
         assert_eq!(got, winner);
         assert_eq!(identity.handle(), winner);
