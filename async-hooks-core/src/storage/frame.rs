@@ -12,14 +12,16 @@
 //!
 //! This is the one module of the core with `unsafe` code; its tests run under Miri.
 
+use std::alloc::{Layout, alloc, dealloc, handle_alloc_error};
 use std::any::TypeId;
 use std::cell::Cell;
 use std::fmt;
 use std::marker::{PhantomData, PhantomPinned};
-use std::mem::{ManuallyDrop, MaybeUninit};
+use std::mem::MaybeUninit;
 use std::ptr::{self, NonNull};
+use std::slice;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering, fence};
 
 /// A store held by frames: an `Arc<T>` kept as a thin pointer to the `T` itself, so that a read
 /// reaches the value in one load (an `Arc<dyn Any>` first needs the alignment from its vtable to
@@ -147,49 +149,200 @@ pub(crate) struct Entry {
 /// Entries past this count are found by binary search instead of a linear scan.
 const LINEAR_SCAN_MAX: usize = 8;
 
-/// An immutable storage context.
+/// An immutable storage context: a thin pointer to one allocation of a [`FrameData`] header
+/// followed by its entries, shared by reference counting (null: the empty frame).
 ///
-/// A thin pointer on purpose: frames are swapped in and out of the thread's `Cell`s on every
-/// poll and read, and a 16-byte fat pointer there costs store-forwarding stalls that dominated
-/// `get_store` in the benchmarks (see BENCHMARKS.md).
-#[derive(Clone, Default)]
-pub(crate) struct Frame(Option<Arc<FrameData>>);
+/// Thin on purpose: frames are swapped in and out of the thread's `Cell`s on every poll and
+/// read, and a 16-byte fat pointer there costs store-forwarding stalls that dominated
+/// `get_store` in the benchmarks (see BENCHMARKS.md). One allocation with the entries inline, so
+/// that a read goes from the thread's pointer straight to the entry: no pointer to a separate
+/// entry array to load first.
+#[derive(Default)]
+pub(crate) struct Frame(Option<NonNull<FrameData>>);
 
-/// A frame's entries, sorted by key: a heap frame's own boxed slice, or a [`StackFrame`]'s
-/// inline array (which it never frees: a stack frame keeps its `FrameData` in `ManuallyDrop`).
+/// The header of a frame. The entries, sorted by key, follow it directly: in the heap frame's
+/// allocation, or in a [`StackFrame`]'s inline array.
+#[repr(C)]
 pub(crate) struct FrameData {
-    entries: NonNull<[Entry]>,
+    /// A heap frame's reference count (the `Frame`s and cell references sharing it); unused in a
+    /// stack frame.
+    refs: AtomicUsize,
+    len: usize,
 }
 
-// SAFETY: a heap `FrameData` owns its boxed entries, which are `Send + Sync` (`u64` and
-// `Arc<dyn Any + Send + Sync>`). A stack frame's `FrameData` is reached only through its own
-// thread's cell, never shared or sent: whatever leaves the thread is a promoted heap copy.
+// The entries start right after the header, with no padding, in both layouts.
+const _: () = assert!(std::mem::offset_of!(StackFrame, inline) == size_of::<FrameData>());
+const _: () = assert!(size_of::<FrameData>() % align_of::<Entry>() == 0);
+const _: () = assert!(align_of::<FrameData>() >= align_of::<Entry>());
+
+/// The layout of a heap frame of `len` entries.
+fn frame_layout(len: usize) -> Layout {
+    let (layout, offset) = Layout::new::<FrameData>()
+        .extend(Layout::array::<Entry>(len).expect("a frame's size overflows"))
+        .expect("a frame's size overflows");
+    debug_assert_eq!(offset, size_of::<FrameData>());
+    layout.pad_to_align()
+}
+
+/// The entries of the frame at `raw`.
+///
+/// # Safety
+///
+/// `raw` must point to a live frame (heap or stack, untagged) with the provenance of the whole
+/// frame, which stays alive for `'a`.
+#[inline(always)]
+unsafe fn entries_of<'a>(raw: *const FrameData) -> &'a [Entry] {
+    // SAFETY: per the caller; `len` initialised entries follow the header.
+    unsafe { slice::from_raw_parts(raw.add(1).cast::<Entry>(), (*raw).len) }
+}
+
+// SAFETY: a frame shares `Send + Sync` entries (`u64` and `Value`) through an atomic count,
+// as an `Arc<[Entry]>` would. Stack frames are never behind a `Frame`.
 #[allow(unsafe_code)]
-unsafe impl Send for FrameData {}
+unsafe impl Send for Frame {}
 // SAFETY: see `Send`; the entries are never mutated after the frame is built.
 #[allow(unsafe_code)]
-unsafe impl Sync for FrameData {}
+unsafe impl Sync for Frame {}
 
-impl FrameData {
-    fn boxed(entries: Box<[Entry]>) -> FrameData {
-        FrameData {
-            entries: NonNull::from(Box::leak(entries)),
+impl Frame {
+    /// A heap frame of the `len` entries of `entries` (in key order).
+    fn from_entries(len: usize, entries: impl Iterator<Item = Entry>) -> Frame {
+        /// Frees a frame being filled if filling it panics.
+        struct Partial {
+            raw: *mut FrameData,
+            capacity: usize,
+        }
+        impl Drop for Partial {
+            fn drop(&mut self) {
+                // SAFETY: `len` entries were written, in an allocation of `capacity`.
+                unsafe {
+                    ptr::drop_in_place(ptr::slice_from_raw_parts_mut(
+                        self.raw.add(1).cast::<Entry>(),
+                        (*self.raw).len,
+                    ));
+                    dealloc(self.raw.cast(), frame_layout(self.capacity));
+                }
+            }
+        }
+        if len == 0 {
+            return Frame(None);
+        }
+        let layout = frame_layout(len);
+        // SAFETY: the layout has a non-zero size (the header).
+        let raw = unsafe { alloc(layout) }.cast::<FrameData>();
+        if raw.is_null() {
+            handle_alloc_error(layout);
+        }
+        // SAFETY: `raw` is a fresh allocation for the header and `len` entries; `len` counts the
+        // entries written so far, and `Partial` frees them if `entries` panics.
+        unsafe {
+            raw.write(FrameData {
+                refs: AtomicUsize::new(1),
+                len: 0,
+            });
+            let partial = Partial { raw, capacity: len };
+            let slots = raw.add(1).cast::<Entry>();
+            for entry in entries.take(len) {
+                slots.add((*raw).len).write(entry);
+                (*raw).len += 1;
+            }
+            assert_eq!(
+                (*raw).len,
+                len,
+                "a frame got fewer entries than it was made for"
+            );
+            std::mem::forget(partial);
+            Frame(Some(NonNull::new_unchecked(raw)))
         }
     }
 
-    #[inline]
-    fn entries(&self) -> &[Entry] {
-        // SAFETY: `entries` points to a live, initialised slice for as long as `self` lives: a
-        // heap frame's own box, or the inline array of the stack frame that contains `self`.
-        unsafe { self.entries.as_ref() }
+    /// The frame's pointer (null: empty), for identity comparisons and the thread's cell.
+    #[inline(always)]
+    fn as_ptr(&self) -> *const FrameData {
+        match self.0 {
+            Some(raw) => raw.as_ptr(),
+            None => ptr::null(),
+        }
+    }
+
+    /// Gives up this frame's reference as a raw pointer (null: empty).
+    #[inline(always)]
+    fn into_raw(self) -> *const FrameData {
+        let raw = self.as_ptr();
+        std::mem::forget(self);
+        raw
+    }
+
+    /// Takes over the reference behind `raw`, from [`Frame::into_raw`] (null: empty).
+    ///
+    /// # Safety
+    ///
+    /// `raw` must be null or an untagged heap frame pointer whose reference the caller owns.
+    #[inline(always)]
+    unsafe fn from_raw(raw: *const FrameData) -> Frame {
+        Frame(NonNull::new(raw.cast_mut()))
+    }
+
+    /// Adds a reference to the heap frame at `raw`.
+    ///
+    /// # Safety
+    ///
+    /// `raw` must be an untagged heap frame pointer whose frame a reference keeps alive.
+    #[inline(always)]
+    unsafe fn retain(raw: *const FrameData) {
+        // SAFETY: per the caller. Relaxed, as `Arc::clone`: a new reference is made from an
+        // existing one, which keeps the frame alive.
+        let old = unsafe { (*raw).refs.fetch_add(1, Ordering::Relaxed) };
+        if old > isize::MAX as usize {
+            std::process::abort();
+        }
+    }
+
+    /// Frees the frame: its entries and its allocation.
+    ///
+    /// # Safety
+    ///
+    /// `raw` must be a heap frame whose last reference was just released.
+    #[cold]
+    #[inline(never)]
+    unsafe fn free(raw: *mut FrameData) {
+        // SAFETY: per the caller: nothing else refers to the frame any more.
+        unsafe {
+            let len = (*raw).len;
+            ptr::drop_in_place(ptr::slice_from_raw_parts_mut(
+                raw.add(1).cast::<Entry>(),
+                len,
+            ));
+            dealloc(raw.cast(), frame_layout(len));
+        }
     }
 }
 
-impl Drop for FrameData {
+impl Clone for Frame {
+    #[inline]
+    fn clone(&self) -> Frame {
+        if let Some(raw) = self.0 {
+            // SAFETY: this frame's own reference keeps it alive.
+            unsafe { Frame::retain(raw.as_ptr()) };
+        }
+        Frame(self.0)
+    }
+}
+
+impl Drop for Frame {
+    #[inline]
     fn drop(&mut self) {
-        // SAFETY: only heap frames are dropped (a stack frame's `FrameData` is `ManuallyDrop`),
-        // and their entries came from `Box::leak` in `FrameData::boxed`.
-        drop(unsafe { Box::from_raw(self.entries.as_ptr()) });
+        if let Some(raw) = self.0 {
+            // SAFETY: this frame owns a reference to a live heap frame. Release, then acquire
+            // before freeing, as `Arc`'s drop: every use of the entries through other
+            // references happens before they are freed.
+            unsafe {
+                if (*raw.as_ptr()).refs.fetch_sub(1, Ordering::Release) == 1 {
+                    fence(Ordering::Acquire);
+                    Frame::free(raw.as_ptr());
+                }
+            }
+        }
     }
 }
 
@@ -240,36 +393,23 @@ impl<'a> FrameRef<'a> {
         Some(&self.entries[found])
     }
 
-    /// The entries of this frame with `key` set to `value` (`None`: removed), in key order.
-    /// `None` when nothing changes (removing an absent key).
-    fn with(self, key: u64, value: Option<Option<Value>>) -> Option<Vec<Entry>> {
+    /// This frame with `key` set to `value` (`None`: removed), as a new heap frame. `None` when
+    /// nothing changes (removing an absent key).
+    fn with(self, key: u64, value: Option<Option<Value>>) -> Option<Frame> {
         let entries = self.entries;
-        let position = entries.binary_search_by_key(&key, |e| e.key);
-        let len = match (position, &value) {
-            (Ok(_), Some(_)) => entries.len(),
-            (Ok(_), None) => entries.len() - 1,
-            (Err(_), Some(_)) => entries.len() + 1,
+        let (before, own, after) = match (entries.binary_search_by_key(&key, |e| e.key), value) {
+            (Ok(i), Some(value)) => (&entries[..i], Some(Entry { key, value }), &entries[i + 1..]),
+            (Ok(i), None) => (&entries[..i], None, &entries[i + 1..]),
+            (Err(i), Some(value)) => (&entries[..i], Some(Entry { key, value }), &entries[i..]),
             (Err(_), None) => return None,
         };
-        // Exact capacity: `into_boxed_slice` then keeps the buffer instead of reallocating.
-        let mut next: Vec<Entry> = Vec::with_capacity(len);
-        match (position, value) {
-            (Ok(i), Some(value)) => {
-                next.extend_from_slice(entries);
-                next[i].value = value;
-            }
-            (Ok(i), None) => {
-                next.extend_from_slice(&entries[..i]);
-                next.extend_from_slice(&entries[i + 1..]);
-            }
-            (Err(i), Some(value)) => {
-                next.extend_from_slice(&entries[..i]);
-                next.push(Entry { key, value });
-                next.extend_from_slice(&entries[i..]);
-            }
-            (Err(_), None) => unreachable!("returned above"),
-        }
-        Some(next)
+        let len = before.len() + usize::from(own.is_some()) + after.len();
+        let entries = before
+            .iter()
+            .cloned()
+            .chain(own)
+            .chain(after.iter().cloned());
+        Some(Frame::from_entries(len, entries))
     }
 }
 
@@ -279,9 +419,10 @@ impl Frame {
 
     #[inline]
     pub(crate) fn view(&self) -> FrameRef<'_> {
-        match &self.0 {
-            Some(data) => FrameRef {
-                entries: data.entries(),
+        match self.0 {
+            Some(raw) => FrameRef {
+                // SAFETY: this frame's reference keeps it alive while `self` is borrowed.
+                entries: unsafe { entries_of(raw.as_ptr()) },
             },
             None => FrameRef::EMPTY,
         }
@@ -298,28 +439,16 @@ impl Frame {
         self.view().lookup(key)
     }
 
-    fn from_entries(entries: Vec<Entry>) -> Frame {
-        if entries.is_empty() {
-            Frame(None)
-        } else {
-            Frame(Some(Arc::new(FrameData::boxed(entries.into_boxed_slice()))))
-        }
-    }
-
     /// This frame with `key` set to `entry` (`None`: removed).
     pub(crate) fn with(&self, key: u64, value: Option<Option<Value>>) -> Frame {
         match self.view().with(key, value) {
-            Some(entries) => Frame::from_entries(entries),
+            Some(frame) => frame,
             None => self.clone(),
         }
     }
 
     pub(crate) fn ptr_eq(&self, other: &Frame) -> bool {
-        match (&self.0, &other.0) {
-            (Some(a), Some(b)) => Arc::ptr_eq(a, b),
-            (None, None) => true,
-            _ => false,
-        }
+        self.0 == other.0
     }
 }
 
@@ -352,8 +481,8 @@ fn untagged(raw: *const FrameData) -> *const FrameData {
 /// whoever leaves a frame in a thread's cell past every scope registers
 /// `storage::release_at_thread_exit`.
 ///
-/// It holds a raw frame pointer (null: the empty frame). Untagged, it is an `Arc<FrameData>`
-/// whose strong reference the cell owns. Tagged with [`LENT`], the reference belongs to the
+/// It holds a raw frame pointer (null: the empty frame). Untagged, it is a heap frame whose
+/// reference the cell owns. Tagged with [`LENT`], the reference belongs to the
 /// [`LentFrame`] guard that tagged it; tagged with [`STACK`], it is a [`StackFrame`] owned by
 /// [`FrameCell::run_with_entry`]. Either owner is alive higher up the same thread's stack. Guards
 /// and stack frames nest strictly: the cell is thread-local and `!Send`, and they never leave
@@ -372,10 +501,7 @@ impl FrameCell {
 
     #[inline]
     fn into_raw(frame: Frame) -> *const FrameData {
-        match frame.0 {
-            Some(data) => Arc::into_raw(data),
-            None => ptr::null(),
-        }
+        frame.into_raw()
     }
 
     /// A strong reference of its own to the frame behind `raw`, leaving `raw`'s owner alone. A
@@ -395,11 +521,11 @@ impl FrameCell {
             return unsafe { StackFrame::promote(untagged(raw)) };
         }
         let data = untagged(raw);
-        // SAFETY: `data` came from `Arc::into_raw` and its owner holds a strong reference for
-        // the duration of this call; the new reference is the result's.
+        // SAFETY: `data` is a heap frame and its owner holds a reference for the duration of
+        // this call; the new reference is the result's.
         unsafe {
-            Arc::increment_strong_count(data);
-            Frame(Some(Arc::from_raw(data)))
+            Frame::retain(data);
+            Frame::from_raw(data)
         }
     }
 
@@ -414,9 +540,9 @@ impl FrameCell {
     #[inline]
     unsafe fn owned(raw: *const FrameData) -> Frame {
         if !raw.is_null() && raw.addr() & TAGS == 0 {
-            // SAFETY: an untagged non-null pointer in the cell came from `Arc::into_raw` and its
-            // strong reference was the cell's; the caller took it out of the cell.
-            Frame(Some(unsafe { Arc::from_raw(raw) }))
+            // SAFETY: an untagged non-null pointer in the cell is a heap frame whose reference
+            // was the cell's; the caller took it out of the cell.
+            unsafe { Frame::from_raw(raw) }
         } else {
             // SAFETY: see above: the owner is alive.
             unsafe { FrameCell::cloned(raw) }
@@ -445,11 +571,7 @@ impl FrameCell {
         // Both already own a reference to the same frame (the usual case: no storage at all, or
         // a resource polled in the context it was created in): exchanging them changes nothing.
         // A tagged cell never compares equal and takes the full path.
-        let same = match &frame.0 {
-            Some(data) => ptr::eq(self.raw.get(), Arc::as_ptr(data)),
-            None => self.raw.get().is_null(),
-        };
-        if same {
+        if self.raw.get() == frame.as_ptr() {
             return;
         }
         let incoming = FrameCell::into_raw(std::mem::take(frame));
@@ -515,10 +637,9 @@ impl FrameCell {
         if data.is_null() {
             FrameRef::EMPTY
         } else {
-            // SAFETY: per the caller.
-            let data = unsafe { &*data };
             FrameRef {
-                entries: data.entries(),
+                // SAFETY: per the caller.
+                entries: unsafe { entries_of(data) },
             }
         }
     }
@@ -605,8 +726,8 @@ impl<Restore: FnOnce(&Frame, FrameRef<'_>) -> Frame> Drop for Leave<'_, Restore>
             // copy back in: the cell owns a reference to that copy, released here (the stack
             // frame releases its own).
             self.cell.raw.set(self.previous);
-            // SAFETY: an untagged pointer in the cell is the cell's strong reference.
-            drop(unsafe { Arc::from_raw(promoted) });
+            // SAFETY: an untagged pointer in the cell is the cell's reference.
+            drop(unsafe { Frame::from_raw(promoted) });
         } else {
             // The code inside changed the context; every lend and stack frame inside it has ended,
             // so the cell holds a heap frame (or none) of its own.
@@ -619,9 +740,9 @@ impl<Restore: FnOnce(&Frame, FrameRef<'_>) -> Frame> Drop for Leave<'_, Restore>
             if !self.previous.is_null() && self.previous.addr() & TAGS == 0 {
                 // The cell's reference to the previous frame passed to this scope; nothing
                 // holds it any more.
-                // SAFETY: an untagged pointer in the cell is a strong reference from
-                // `Arc::into_raw`, released exactly once, here.
-                drop(unsafe { Arc::from_raw(self.previous) });
+                // SAFETY: an untagged pointer in the cell is a heap frame reference, released
+                // exactly once, here.
+                drop(unsafe { Frame::from_raw(self.previous) });
             }
             drop(current);
         }
@@ -644,11 +765,12 @@ pub(crate) const STACK_ENTRIES: usize = 4;
 #[repr(C)]
 struct StackFrame {
     /// First, so that a pointer to the stack frame is also one to its `FrameData`.
-    data: ManuallyDrop<FrameData>,
+    header: FrameData,
+    /// The entries, right after the header as in a heap frame; never dropped (they are not
+    /// owned).
+    inline: [MaybeUninit<Entry>; STACK_ENTRIES],
     /// The heap copy, once promoted (null until then); the stack frame owns one reference.
     promoted: Cell<*const FrameData>,
-    /// `data`'s entries; never dropped (they are not owned).
-    inline: [MaybeUninit<Entry>; STACK_ENTRIES],
     value: Option<Value>,
     _pinned: PhantomPinned,
 }
@@ -698,12 +820,10 @@ impl StackFrame {
             }
             (&raw mut (*frame).value).write(value);
             (&raw mut (*frame).promoted).write(Cell::new(ptr::null()));
-            // `ManuallyDrop` is `repr(transparent)`.
-            (&raw mut (*frame).data)
-                .cast::<FrameData>()
-                .write(FrameData {
-                    entries: NonNull::slice_from_raw_parts(NonNull::new_unchecked(slots), len),
-                });
+            (&raw mut (*frame).header).write(FrameData {
+                refs: AtomicUsize::new(0),
+                len,
+            });
         }
         frame
             .cast_const()
@@ -725,23 +845,24 @@ impl StackFrame {
         key: u64,
         value: Option<Value>,
     ) -> *const FrameData {
-        let entries = base
+        let heap = base
             .with(key, Some(value))
-            .expect("setting an entry changes the frame");
-        let heap = FrameCell::into_raw(Frame::from_entries(entries));
+            .expect("setting an entry changes the frame")
+            .into_raw();
         // SAFETY: `frame` is valid for writes; the stack frame owns one reference to `heap`, the
         // cell gets another.
         unsafe {
             frame.write(StackFrame {
-                data: ManuallyDrop::new(FrameData {
-                    entries: NonNull::from(&[][..]),
-                }),
-                promoted: Cell::new(heap),
+                header: FrameData {
+                    refs: AtomicUsize::new(0),
+                    len: 0,
+                },
                 inline: [const { MaybeUninit::uninit() }; STACK_ENTRIES],
+                promoted: Cell::new(heap),
                 value: None,
                 _pinned: PhantomPinned,
             });
-            Arc::increment_strong_count(heap);
+            Frame::retain(heap);
         }
         heap
     }
@@ -758,14 +879,16 @@ impl StackFrame {
         let frame = unsafe { &*data.cast::<StackFrame>() };
         let mut heap = frame.promoted.get();
         if heap.is_null() {
-            heap = FrameCell::into_raw(Frame::from_entries(frame.data.entries().to_vec()));
+            // SAFETY: `data` is the live stack frame, with the provenance of all of it.
+            let entries = unsafe { entries_of(data) };
+            heap = Frame::from_entries(entries.len(), entries.iter().cloned()).into_raw();
             frame.promoted.set(heap);
         }
-        // SAFETY: the stack frame holds a strong reference to `heap` while it lives; the new one
-        // is the result's.
+        // SAFETY: the stack frame holds a reference to `heap` while it lives; the new one is
+        // the result's.
         unsafe {
-            Arc::increment_strong_count(heap);
-            Frame(Some(Arc::from_raw(heap)))
+            Frame::retain(heap);
+            Frame::from_raw(heap)
         }
     }
 }
@@ -775,7 +898,7 @@ impl Drop for StackFrame {
         let promoted = self.promoted.get();
         if !promoted.is_null() {
             // SAFETY: the stack frame's own reference to its heap copy, released once.
-            drop(unsafe { Arc::from_raw(promoted) });
+            drop(unsafe { Frame::from_raw(promoted) });
         }
     }
 }
@@ -813,7 +936,7 @@ impl Drop for LentFrame<'_> {
             // The context changed meanwhile: everyone who took the frame out got a reference of
             // their own, so this one is released.
             // SAFETY: this guard owns the reference and gives it up exactly once, here.
-            unsafe { Arc::decrement_strong_count(self.data) };
+            drop(unsafe { Frame::from_raw(self.data) });
         }
     }
 }
@@ -890,7 +1013,8 @@ mod tests {
             assert!(inner.frame().is(before.view()));
         }
         // Two references: the cell's and `before`.
-        assert_eq!(Arc::strong_count(before.0.as_ref().unwrap()), 2);
+        // SAFETY: `before` keeps the frame alive.
+        assert_eq!(unsafe { (*before.as_ptr()).refs.load(Ordering::SeqCst) }, 2);
         drop(before);
         cell.set(Frame::EMPTY);
         assert_eq!(drops.load(Ordering::SeqCst), 1);
@@ -1083,7 +1207,7 @@ mod tests {
         let cell = FrameCell::new();
         let (first, second) = stacked(&cell, 1, counted(&drops), || {
             let first = cell.get();
-            assert_eq!(cell.raw.get(), Arc::as_ptr(first.0.as_ref().unwrap()));
+            assert_eq!(cell.raw.get(), first.as_ptr());
             let second = cell.get();
             assert!(first.ptr_eq(&second));
             assert!(first.lookup(1).is_some());
@@ -1208,5 +1332,32 @@ mod tests {
         assert!(!present(&cell, 98));
         assert_eq!(drops.load(Ordering::SeqCst), 2);
         cell.set(Frame::EMPTY);
+    }
+
+    #[test]
+    fn a_frame_whose_entries_panic_while_being_made_frees_what_it_got() {
+        let drops = Arc::new(AtomicUsize::new(0));
+        let entries = (1..=3u64).map(|key| {
+            if key == 3 {
+                panic!("no third entry");
+            }
+            Entry {
+                key,
+                value: counted(&drops).unwrap(),
+            }
+        });
+        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            Frame::from_entries(3, entries)
+        }));
+        assert!(result.is_err());
+        assert_eq!(drops.load(Ordering::SeqCst), 2);
+        // Shared frames free their entries with the last reference.
+        let frame = Frame::EMPTY
+            .with(1, counted(&drops))
+            .with(2, counted(&drops));
+        let clones = [frame.clone(), frame.clone()];
+        drop(frame);
+        drop(clones);
+        assert_eq!(drops.load(Ordering::SeqCst), 4);
     }
 }
