@@ -77,6 +77,10 @@ pub trait HookCallbacks: Send + Sync + 'static {
     /// A resource was created. Runs synchronously in the creator's context (inside it,
     /// `execution_async_id()` is the creator's id). `resource` is the handle that
     /// `execution_async_resource()` returns while the resource runs.
+    ///
+    /// The shared handle is made only if a callback asks for it: cloning `resource`, comparing
+    /// or hashing it, or using its slots ([`Resource::insert`] and friends). Reading its ids
+    /// and type costs nothing, so a hook that needs only those adds no allocation per resource.
     fn init(
         &self,
         async_id: AsyncId,
