@@ -52,6 +52,14 @@ fn reads(c: &mut Criterion) {
             b.iter(|| black_box(UNUSED.get_store()))
         });
     });
+    // Inside a resource's scope the thread owns a reference to the resource's frame, which
+    // `with_store` lends to its closure (above, inside `run`, the frame is `run`'s own).
+    let resource = STORE.run(1, || AsyncResource::new("Reader"));
+    resource.run_in_async_scope(|| {
+        group.bench_function("async-hooks with_store hit, in a resource's scope", |b| {
+            b.iter(|| STORE.with_store(|v| black_box(v.map_or(0, |v| *v))))
+        });
+    });
     TASK_LOCAL.sync_scope(1, || {
         group.bench_function("tokio task_local with (hit)", |b| {
             b.iter(|| TASK_LOCAL.with(|v| black_box(*v)))

@@ -353,16 +353,17 @@ impl<T: Send + Sync + 'static> AsyncLocalStorage<T> {
         with_state(|state| {
             // The thread's frame is lent to this call, not cloned: `f` may change the context
             // (`run`, `enter_with`, poll a future) and the store it looks at stays alive anyway.
-            let lent = state.frame.lend();
-            let entry = lent.frame().lookup_hinted(key, &self.position_hint);
-            let store = match entry {
-                // An entry with no value: the storage was exited (`None`, not the default).
-                Some(entry) => entry.value.as_ref().map(store_ref::<T>),
-                None => self.default_value().map(|v| &**v),
-            };
-            // One call, whose result is returned as is: passing it through an `Option` cost a
-            // store-forwarding stall (written in two 8-byte halves, read back in one 16-byte load).
-            f(store)
+            state.frame.with_lent(|frame| {
+                let store = match frame.lookup_hinted(key, &self.position_hint) {
+                    // An entry with no value: the storage was exited (`None`, not the default).
+                    Some(entry) => entry.value.as_ref().map(store_ref::<T>),
+                    None => self.default_value().map(|v| &**v),
+                };
+                // One call, whose result is returned as is: passing it through an `Option` cost
+                // a store-forwarding stall (written in two 8-byte halves, read back in one
+                // 16-byte load).
+                f(store)
+            })
         })
     }
 
@@ -797,6 +798,35 @@ mod tests {
         });
         drop(resource);
         assert_eq!(drops.load(Ordering::SeqCst), 3);
+    }
+
+    #[test]
+    fn with_store_inside_run_reads_the_stack_frame_while_the_closure_changes_the_context() {
+        let store: AsyncLocalStorage<Counted> = AsyncLocalStorage::new();
+        let other: AsyncLocalStorage<u64> = AsyncLocalStorage::new();
+        let drops = Arc::new(AtomicUsize::new(0));
+        store.run(counted(1, &drops), || {
+            store.with_store(|outer| {
+                // Promotes `run`'s stack frame and replaces it in the cell, twice.
+                other.enter_with(2);
+                store.enter_with(counted(3, &drops));
+                let future = async { store.with_store(|s| s.map(|s| s.value)) }.bind_context();
+                assert_eq!(block_on(future), Some(3));
+                store.disable();
+                assert_eq!(outer.map(|s| s.value), Some(1));
+                assert_eq!(
+                    drops.load(Ordering::SeqCst),
+                    1,
+                    "the entered store, disabled"
+                );
+            });
+            assert!(store.get_store().is_none());
+            assert_eq!(other.get_store().as_deref(), Some(&2));
+        });
+        assert_eq!(drops.load(Ordering::SeqCst), 2);
+        // `run` restores only its own storage: the other one's `enter_with` survives it.
+        assert_eq!(other.get_store().as_deref(), Some(&2));
+        other.disable();
     }
 
     #[test]

@@ -665,6 +665,21 @@ impl FrameCell {
         }
     }
 
+    /// Calls `f` with the current frame, which stays valid whatever `f` does to the cell: a
+    /// frame the cell owns is [lent](FrameCell::lend) for the call; one owned higher up this
+    /// stack (by a lender or a stack frame's scope), or the empty frame, is just read, with no
+    /// guard to keep.
+    #[inline(always)]
+    pub(crate) fn with_lent<R>(&self, f: impl FnOnce(FrameRef<'_>) -> R) -> R {
+        let raw = self.raw.get();
+        if raw.is_null() || raw.addr() & TAGS != 0 {
+            // SAFETY: the frame's owner is higher up this stack and outlives this call.
+            return f(unsafe { FrameCell::view(raw) });
+        }
+        let lent = self.lend();
+        f(lent.frame())
+    }
+
     /// Runs `f` in the current frame with `key`'s entry set to `value`: a [`StackFrame`] built
     /// on this stack with no allocation when it needs at most [`STACK_ENTRIES`] entries, else a
     /// heap frame. Afterwards (also on panic) the previous frame is put back as it was; if the
