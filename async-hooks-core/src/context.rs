@@ -4,7 +4,8 @@
 //! The thread's state is a `const`-initialised `thread_local!` with no destructor, so reaching it
 //! compiles to a plain thread-pointer-relative access: no lazy registration, no "already
 //! destroyed" check, and it stays usable while the thread's other locals are torn down. Entering
-//! an execution stores one pointer and swaps one frame pointer; nothing is copied.
+//! an execution stores one pointer and points the thread at the resource's frame without taking
+//! it over; nothing is copied and no reference count changes.
 
 use std::cell::Cell;
 use std::ptr;
@@ -12,7 +13,7 @@ use std::ptr;
 use crate::hooks::{self, Kind};
 use crate::id::{AsyncId, IdBlock};
 use crate::resource::{Identity, ROOT_IDENTITY, Resource};
-use crate::storage::{Frame, FrameCell};
+use crate::storage::{Frame, FrameCell, FrameData};
 
 pub(crate) struct ThreadState {
     pub(crate) ids: IdBlock,
@@ -149,11 +150,14 @@ pub fn execution_async_resource() -> Resource {
 /// (with `EVENTS`) `before` has fired; dropping it fires `after` and switches back — also during
 /// a panic. Without `EVENTS` the switch is silent (dropping a future inside its own context).
 pub(crate) struct Entered<'a, const EVENTS: bool> {
-    state: &'a ThreadState,
+    // No `&ThreadState` kept: it is two instructions to recompute (`with_state`), and each field
+    // of the guard is a store and a load on every poll.
     identity: &'a Identity,
     previous: *const Identity,
-    /// The resource's frame while outside; the caller's while entered.
+    /// The resource's frame, which the thread points at while entered.
     frame: &'a mut Frame,
+    /// The thread's frame pointer before, put back as it was.
+    previous_frame: *const FrameData,
 }
 
 impl<'a, const EVENTS: bool> Entered<'a, EVENTS> {
@@ -164,16 +168,16 @@ impl<'a, const EVENTS: bool> Entered<'a, EVENTS> {
         frame: &'a mut Frame,
     ) -> Entered<'a, EVENTS> {
         let previous = state.current.replace(identity);
-        state.frame.swap(frame);
+        let previous_frame = state.frame.enter(frame);
         // Cannot unwind (see `hooks::dispatch_id`), so the guard needs to exist only after it.
         if EVENTS {
             hooks::emit_id(Kind::Before, identity.async_id);
         }
         Entered {
-            state,
             identity,
             previous,
             frame,
+            previous_frame,
         }
     }
 }
@@ -184,7 +188,9 @@ impl<const EVENTS: bool> Drop for Entered<'_, EVENTS> {
         if EVENTS {
             hooks::emit_id(Kind::After, self.identity.async_id);
         }
-        self.state.frame.swap(self.frame);
-        self.state.current.set(self.previous);
+        with_state(|state| {
+            state.frame.leave(self.frame, self.previous_frame);
+            state.current.set(self.previous);
+        });
     }
 }

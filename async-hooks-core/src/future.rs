@@ -55,7 +55,8 @@ pin_project_lite::pin_project! {
         #[pin]
         inner: ManuallyDrop<F>,
         identity: Identity,
-        // The resource's storage frame; during a poll it holds the caller's instead (swapped).
+        // The resource's storage frame; during a poll the thread points at it (and an
+        // `enter_with` inside replaces it, for the rest of the future's life).
         frame: Frame,
     }
 

@@ -5,7 +5,7 @@
 //! [`Snapshot::capture`]) is one refcount increment, or nothing when it is empty. `run`,
 //! `exit` and `enter_with` build a new frame (copy-on-write) and switch the thread to it; `run`
 //! and `exit` build theirs on their own stack when it has at most four entries, and copy it to
-//! the heap only if something inside keeps it (a resource, a snapshot, a poll).
+//! the heap only if something inside keeps it (a resource, a future, a snapshot).
 
 use std::fmt;
 use std::future::Future;
@@ -22,7 +22,7 @@ mod frame;
 
 use frame::FrameRef;
 use frame::Value;
-pub(crate) use frame::{Frame, FrameCell};
+pub(crate) use frame::{Frame, FrameCell, FrameData};
 
 /// Storage keys are handed out once and never reused; `disable()` retires a storage's key, so
 /// every frame holding the old key stops showing it at once.
@@ -785,7 +785,8 @@ mod tests {
         let resource = AsyncResource::new("Job");
         store.enter_with(counted(1, &drops));
         store.with_store(|outer| {
-            // A poll swaps the lent frame out and back; the future drops its frame when done.
+            // A poll points the thread at the future's frame and back; the future drops its
+            // frame when done.
             assert_eq!(block_on(future), Some(10));
             assert_eq!(snapshot.run(|| *other.get_store().unwrap()), 7);
             resource.run_in_async_scope(|| store.enter_with(counted(2, &drops)));

@@ -8,7 +8,7 @@
 //! A synchronous `run` needs a frame only for as long as its closure runs, so it builds a
 //! [`StackFrame`] on its own stack instead: the cell points at it, reads go through it like
 //! through any frame, and only code that keeps the frame beyond the scope (a resource created
-//! inside, a snapshot, a poll) *promotes* it to a heap frame, once per scope.
+//! inside, a snapshot) *promotes* it to a heap frame, once per scope.
 //!
 //! This is the one module of the core with `unsafe` code; its tests run under Miri.
 
@@ -152,7 +152,7 @@ const LINEAR_SCAN_MAX: usize = 8;
 /// An immutable storage context: a thin pointer to one allocation of a [`FrameData`] header
 /// followed by its entries, shared by reference counting (null: the empty frame).
 ///
-/// Thin on purpose: frames are swapped in and out of the thread's `Cell`s on every poll and
+/// Thin on purpose: frames go in and out of the thread's `Cell`s on every poll and
 /// read, and a 16-byte fat pointer there costs store-forwarding stalls that dominated
 /// `get_store` in the benchmarks (see BENCHMARKS.md). One allocation with the entries inline, so
 /// that a read goes from the thread's pointer straight to the entry: no pointer to a separate
@@ -462,8 +462,8 @@ impl fmt::Debug for Frame {
 
 /// Tag bits of a [`FrameCell`] pointer (frames are 8-aligned).
 ///
-/// `LENT`: the strong reference is lent out to a [`LentFrame`] guard higher up this thread's
-/// stack, and the cell does not own it.
+/// `LENT`: the cell does not own the reference: a [`LentFrame`] guard or a running execution
+/// ([`FrameCell::enter`]) higher up this thread's stack does.
 const LENT: usize = 1;
 /// `STACK`: the pointer is a [`StackFrame`]'s, owned by the `run` higher up this thread's stack;
 /// the cell holds no reference.
@@ -565,21 +565,57 @@ impl FrameCell {
         unsafe { FrameCell::owned(raw) }
     }
 
-    /// Exchanges the cell's frame with `frame`: how an execution is entered and left.
+    /// Enters an execution whose frame is `frame`: the cell points at it without owning it
+    /// (tagged [`LENT`]: its owner, the running resource, is up the stack until
+    /// [`FrameCell::leave`]). Returns the cell's previous pointer, to put back as it was. Code
+    /// inside that takes the frame gets a reference of its own; a `with_store` inside needs no
+    /// lend.
     #[inline(always)]
-    pub(crate) fn swap(&self, frame: &mut Frame) {
-        // Both already own a reference to the same frame (the usual case: no storage at all, or
-        // a resource polled in the context it was created in): exchanging them changes nothing.
-        // A tagged cell never compares equal and takes the full path.
-        if self.raw.get() == frame.as_ptr() {
-            return;
+    pub(crate) fn enter(&self, frame: &Frame) -> *const FrameData {
+        let previous = self.raw.get();
+        let ours = FrameCell::borrowed(frame);
+        // Usually both are the empty frame: no store at all.
+        if previous != ours {
+            self.raw.set(ours);
         }
-        let incoming = FrameCell::into_raw(std::mem::take(frame));
-        let raw = self.raw.replace(incoming);
-        // SAFETY: `raw` was in the cell and has just been replaced there.
-        let outgoing = unsafe { FrameCell::owned(raw) };
-        // `*frame` is the empty frame here: nothing to drop.
-        std::mem::forget(std::mem::replace(frame, outgoing));
+        previous
+    }
+
+    /// Leaves the execution entered with [`FrameCell::enter`]: if the code inside replaced the
+    /// frame (`enter_with`, `disable`, a guard kept across polls), the replacement becomes the
+    /// execution's own frame, as in Node an `enterWith` lasts for the rest of its execution
+    /// context; then the previous pointer goes back.
+    #[inline(always)]
+    pub(crate) fn leave(&self, frame: &mut Frame, previous: *const FrameData) {
+        let current = self.raw.get();
+        if current != FrameCell::borrowed(frame) {
+            return self.leave_changed(frame, previous);
+        }
+        if current != previous {
+            self.raw.set(previous);
+        }
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn leave_changed(&self, frame: &mut Frame, previous: *const FrameData) {
+        let current = self.raw.replace(previous);
+        // SAFETY: `current` was in the cell and has just been replaced there.
+        let changed = unsafe { FrameCell::owned(current) };
+        // The execution's old frame goes only now, with the caller's context back in place (a
+        // store's `Drop` may look at the context).
+        drop(std::mem::replace(frame, changed));
+    }
+
+    /// The cell pointer for `frame` while its owner is up the stack.
+    #[inline(always)]
+    fn borrowed(frame: &Frame) -> *const FrameData {
+        let raw = frame.as_ptr();
+        if raw.is_null() {
+            raw
+        } else {
+            raw.map_addr(|addr| addr | LENT)
+        }
     }
 
     /// Puts `frame` in, dropping the previous frame only after the new one is in place (a
@@ -737,9 +773,9 @@ impl<Restore: FnOnce(&Frame, FrameRef<'_>) -> Frame> Drop for Leave<'_, Restore>
         if current == stack.map_addr(|addr| addr | STACK) {
             self.cell.raw.set(self.previous);
         } else if current == promoted && !promoted.is_null() {
-            // A heap frame from the start, or a poll swapped the stack frame out and its promoted
-            // copy back in: the cell owns a reference to that copy, released here (the stack
-            // frame releases its own).
+            // A heap frame from the start, or a capture left the stack frame's promoted copy in
+            // the cell: the cell owns a reference to that copy, released here (the stack frame
+            // releases its own).
             self.cell.raw.set(self.previous);
             // SAFETY: an untagged pointer in the cell is the cell's reference.
             drop(unsafe { Frame::from_raw(promoted) });
@@ -1042,7 +1078,8 @@ mod tests {
         cell.set(Frame::EMPTY.with(1, counted(&drops)));
         {
             let outer = cell.lend();
-            // A poll swaps the frame out and back: the cell now owns a reference of its own.
+            // Taken out and put back (a `Snapshot::run`): the cell now owns a reference of its
+            // own.
             let swapped = cell.replace(Frame::EMPTY);
             cell.set(swapped);
             {
@@ -1237,21 +1274,28 @@ mod tests {
     }
 
     #[test]
-    fn poll_inside_a_stack_frame_leaves_its_promoted_copy_in_the_cell() {
+    fn poll_inside_a_stack_frame_leaves_it_in_place_and_keeps_changes_for_the_resource() {
         let drops = Arc::new(AtomicUsize::new(0));
         let cell = FrameCell::new();
         let mut resource = Frame::EMPTY.with(9, value(90));
         stacked(&cell, 1, counted(&drops), || {
-            // Enter and leave a resource, as a poll does.
-            cell.swap(&mut resource);
+            // Enter and leave a resource, as a poll does: the stack frame stays in place.
+            let previous = cell.enter(&resource);
             assert_eq!(current(&cell, 9), Some(90));
-            cell.swap(&mut resource);
-            assert_eq!(cell.raw.get().addr() & TAGS, 0, "the promoted copy");
+            cell.leave(&mut resource, previous);
+            assert_eq!(cell.raw.get().addr() & TAGS, STACK);
+            // A poll that enters a storage inside keeps the change for the resource.
+            let previous = cell.enter(&resource);
+            let taken = cell.take();
+            cell.set(taken.with(8, value(80)));
+            cell.leave(&mut resource, previous);
+            assert_eq!(cell.raw.get().addr() & TAGS, STACK);
             assert!(cell.get().lookup(1).is_some());
         });
         assert!(cell.raw.get().is_null());
         assert_eq!(drops.load(Ordering::SeqCst), 1);
         assert_eq!(read(resource.view(), 9), Some(90));
+        assert_eq!(read(resource.view(), 8), Some(80));
     }
 
     #[test]
