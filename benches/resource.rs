@@ -6,7 +6,7 @@
 use std::hint::black_box;
 use std::sync::atomic::Ordering;
 
-use async_hooks::{AsyncResource, BindContext};
+use async_hooks::{AsyncLocalStorage, AsyncResource, BindContext};
 mod common;
 
 use common::{EVENTS, counting_hook, poll_to_ready};
@@ -15,6 +15,8 @@ use criterion::{Criterion, criterion_group, criterion_main};
 tokio::task_local! {
     static TASK_LOCAL: u64;
 }
+
+static STORE: AsyncLocalStorage<u64> = AsyncLocalStorage::new();
 
 fn lifecycles(c: &mut Criterion) {
     let mut group = c.benchmark_group("lifecycle");
@@ -28,6 +30,13 @@ fn lifecycles(c: &mut Criterion) {
             r.run_in_async_scope(|| black_box(1u64) + 1)
         })
     });
+    // A bound callback's usual shape: a resource made once under a request's store, its scope
+    // run many times (as `bind!` closures and `AsyncResource::bind` do).
+    let bound = STORE.run(7, || AsyncResource::new("Bench"));
+    group.bench_function(
+        "run_in_async_scope of one resource, one storage value captured",
+        |b| b.iter(|| bound.run_in_async_scope(|| black_box(1u64) + 1)),
+    );
     let hook = counting_hook().enable();
     group.bench_function(
         "AsyncResource new+run_in_async_scope+drop, counting hook",

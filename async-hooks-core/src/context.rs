@@ -8,7 +8,8 @@
 //! it over; nothing is copied and no reference count changes.
 
 use std::cell::Cell;
-use std::ptr;
+use std::marker::PhantomData;
+use std::ptr::{self, NonNull};
 
 use crate::hooks::{self, Kind};
 use crate::id::{AsyncId, IdBlock};
@@ -146,29 +147,61 @@ pub fn execution_async_resource() -> Resource {
     with_state(ThreadState::current_resource)
 }
 
-/// A running execution: the thread points at the resource's identity and holds its frame, and
-/// (with `EVENTS`) `before` has fired; dropping it fires `after` and switches back — also during
-/// a panic. Without `EVENTS` the switch is silent (dropping a future inside its own context).
-pub(crate) struct Entered<'a, const EVENTS: bool> {
+/// A running execution: the thread points at the resource's identity and its frame, and (with
+/// `EVENTS`) `before` has fired; dropping it fires `after` and switches back — also during a
+/// panic. Without `EVENTS` the switch is silent (dropping a future inside its own context).
+///
+/// With `KEEPS`, a frame that the code inside put in place of the resource's (`enter_with`)
+/// becomes the resource's own (a future's execution continues at its next poll); without, it
+/// ends with the scope (an `AsyncResource`'s scopes each start from its captured frame).
+pub(crate) struct Entered<'a, const EVENTS: bool, const KEEPS: bool = true> {
     // No `&ThreadState` kept: it is two instructions to recompute (`with_state`), and each field
     // of the guard is a store and a load on every poll.
     identity: &'a Identity,
     previous: *const Identity,
-    /// The resource's frame, which the thread points at while entered.
-    frame: &'a mut Frame,
+    /// The resource's frame, which the thread points at while entered: from a `&'a mut Frame`
+    /// with `KEEPS`, else from a `&'a Frame`.
+    frame: NonNull<Frame>,
     /// The thread's frame pointer before, put back as it was.
     previous_frame: *const FrameData,
+    _frame: PhantomData<&'a mut Frame>,
 }
 
-impl<'a, const EVENTS: bool> Entered<'a, EVENTS> {
+impl<'a, const EVENTS: bool> Entered<'a, EVENTS, true> {
+    /// Enters a resource that keeps the frame its code leaves behind.
     #[inline(always)]
     pub(crate) fn enter(
-        state: &'a ThreadState,
+        state: &ThreadState,
         identity: &'a Identity,
         frame: &'a mut Frame,
-    ) -> Entered<'a, EVENTS> {
+    ) -> Entered<'a, EVENTS, true> {
+        Entered::enter_raw(state, identity, NonNull::from(frame))
+    }
+}
+
+impl<'a, const EVENTS: bool> Entered<'a, EVENTS, false> {
+    /// Enters a scope of a resource whose frame stays as captured.
+    #[inline(always)]
+    pub(crate) fn enter_scope(
+        state: &ThreadState,
+        identity: &'a Identity,
+        frame: &'a Frame,
+    ) -> Entered<'a, EVENTS, false> {
+        Entered::enter_raw(state, identity, NonNull::from(frame))
+    }
+}
+
+impl<'a, const EVENTS: bool, const KEEPS: bool> Entered<'a, EVENTS, KEEPS> {
+    #[inline(always)]
+    fn enter_raw(
+        state: &ThreadState,
+        identity: &'a Identity,
+        frame: NonNull<Frame>,
+    ) -> Entered<'a, EVENTS, KEEPS> {
         let previous = state.current.replace(identity);
-        let previous_frame = state.frame.enter(frame);
+        // SAFETY: `frame` comes from a reference that lives for `'a`.
+        #[allow(unsafe_code)]
+        let previous_frame = state.frame.enter(unsafe { frame.as_ref() });
         // Cannot unwind (see `hooks::dispatch_id`), so the guard needs to exist only after it.
         if EVENTS {
             hooks::emit_id(Kind::Before, identity.async_id);
@@ -178,18 +211,32 @@ impl<'a, const EVENTS: bool> Entered<'a, EVENTS> {
             previous,
             frame,
             previous_frame,
+            _frame: PhantomData,
         }
     }
 }
 
-impl<const EVENTS: bool> Drop for Entered<'_, EVENTS> {
+impl<const EVENTS: bool, const KEEPS: bool> Drop for Entered<'_, EVENTS, KEEPS> {
     #[inline(always)]
     fn drop(&mut self) {
         if EVENTS {
             hooks::emit_id(Kind::After, self.identity.async_id);
         }
         with_state(|state| {
-            state.frame.leave(self.frame, self.previous_frame);
+            if KEEPS {
+                // SAFETY: with `KEEPS` the pointer comes from a `&'a mut Frame` that this guard
+                // holds exclusively for `'a`.
+                #[allow(unsafe_code)]
+                state
+                    .frame
+                    .leave(unsafe { self.frame.as_mut() }, self.previous_frame);
+            } else {
+                // SAFETY: the pointer comes from a `&'a Frame`.
+                #[allow(unsafe_code)]
+                state
+                    .frame
+                    .leave_scope(unsafe { self.frame.as_ref() }, self.previous_frame);
+            }
             state.current.set(self.previous);
         });
     }

@@ -854,9 +854,10 @@ impl AsyncResource {
     /// assert_eq!(ids, (r.async_id(), r.trigger_async_id()));
     /// ```
     pub fn run_in_async_scope<R>(&self, f: impl FnOnce() -> R) -> R {
-        let mut frame = self.frame.clone();
         with_state(|state| {
-            let _entered = Entered::<true>::enter(state, &self.identity, &mut frame);
+            // Each scope starts from the captured frame, used in place (no clone): what the
+            // code inside enters ends with the scope.
+            let _entered = Entered::<true, false>::enter_scope(state, &self.identity, &self.frame);
             f()
         })
     }

@@ -596,6 +596,28 @@ impl FrameCell {
         }
     }
 
+    /// Leaves a scope entered with [`FrameCell::enter`] whose frame stays as it was: whatever
+    /// the code inside put in its place ends here.
+    #[inline(always)]
+    pub(crate) fn leave_scope(&self, frame: &Frame, previous: *const FrameData) {
+        let current = self.raw.get();
+        if current != FrameCell::borrowed(frame) {
+            return self.leave_scope_changed(previous);
+        }
+        if current != previous {
+            self.raw.set(previous);
+        }
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn leave_scope_changed(&self, previous: *const FrameData) {
+        let current = self.raw.replace(previous);
+        // SAFETY: `current` was in the cell and has just been replaced there; it is released
+        // with the caller's context back in place.
+        drop(unsafe { FrameCell::owned(current) });
+    }
+
     #[cold]
     #[inline(never)]
     fn leave_changed(&self, frame: &mut Frame, previous: *const FrameData) {
