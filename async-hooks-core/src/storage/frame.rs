@@ -499,11 +499,6 @@ impl FrameCell {
         }
     }
 
-    #[inline]
-    fn into_raw(frame: Frame) -> *const FrameData {
-        frame.into_raw()
-    }
-
     /// A strong reference of its own to the frame behind `raw`, leaving `raw`'s owner alone. A
     /// stack frame is promoted to the heap (once per stack frame).
     ///
@@ -560,7 +555,7 @@ impl FrameCell {
     /// Puts `frame` in and returns the previous frame.
     #[inline]
     pub(crate) fn replace(&self, frame: Frame) -> Frame {
-        let raw = self.raw.replace(FrameCell::into_raw(frame));
+        let raw = self.raw.replace(frame.into_raw());
         // SAFETY: `raw` was in the cell and has just been replaced there.
         unsafe { FrameCell::owned(raw) }
     }
@@ -666,7 +661,7 @@ impl FrameCell {
     fn promote_in_place(&self, raw: *const FrameData) -> Frame {
         // SAFETY: the pointer is in the cell, so its stack frame is alive.
         let frame = unsafe { StackFrame::promote(untagged(raw)) };
-        self.raw.set(FrameCell::into_raw(frame.clone()));
+        self.raw.set(frame.clone().into_raw());
         frame
     }
 
