@@ -746,3 +746,44 @@ fn init_makes_the_handle_only_when_a_callback_keeps_or_uses_the_resource() {
     );
     assert_eq!(lazy.resource().type_name(), "Lazy");
 }
+
+#[test]
+fn a_threads_view_of_the_hooks_is_released_when_it_exits_and_teardown_events_are_skipped() {
+    let _serial = serial();
+    // Dropped with the hook's callbacks: counts the references the callbacks keep alive.
+    let witness = Arc::new(());
+    let seen = Arc::new(AtomicUsize::new(0));
+    let (w, s) = (witness.clone(), seen.clone());
+    let hook = create_hook(Hooks::new().destroy(move |_| {
+        let _keep = &w;
+        s.fetch_add(1, Ordering::Relaxed);
+    }))
+    .enable();
+    // A resource dropped while the thread's locals are torn down, after its view of the hooks
+    // may already be gone: no crash, and at most one event.
+    struct DropLate(#[allow(dead_code)] Option<AsyncResource>);
+    thread_local! {
+        static LATE: std::cell::RefCell<DropLate> = const { std::cell::RefCell::new(DropLate(None)) };
+    }
+    std::thread::spawn(|| {
+        // The thread caches the table (with the hook) on its first dispatch.
+        drop(AsyncResource::new("Job"));
+        LATE.with(|late| late.borrow_mut().0 = Some(AsyncResource::new("Late")));
+    })
+    .join()
+    .unwrap();
+    let after_thread = seen.load(Ordering::Relaxed);
+    assert!(
+        (1..=2).contains(&after_thread),
+        "destroy events: {after_thread}"
+    );
+    hook.disable();
+    // This thread's cache is refreshed by its next dispatch; the exited thread's was released.
+    drop(AsyncResource::new("Refresh"));
+    drop(hook);
+    assert_eq!(
+        Arc::strong_count(&witness),
+        1,
+        "the hook's callbacks are still referenced"
+    );
+}

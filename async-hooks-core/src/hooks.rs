@@ -7,7 +7,7 @@
 //! dispatch returns. With no hook enabled for an event kind, emitting it costs one relaxed atomic
 //! load.
 
-use std::cell::{Cell, Ref, RefCell};
+use std::cell::Cell;
 use std::fmt;
 use std::ops::BitOr;
 use std::panic::{self, AssertUnwindSafe};
@@ -723,19 +723,32 @@ impl HookRegistry {
     }
 }
 
-/// A thread's view of the registry.
+/// A thread's view of the registry, and its dispatch bookkeeping. Only `Cell`s of plain values,
+/// so that the thread-local holding it has no destructor and is reached with one plain access;
+/// the reference to the cached table that it owns is released at thread exit by
+/// [`ReleaseTable`].
 pub(crate) struct ThreadHooks {
+    /// How many dispatches are running on this thread (nested events raised by callbacks).
+    depth: Cell<u32>,
+    /// The registry version `table` was published as; [`STALE`] when none is cached.
     version: Cell<u64>,
-    table: RefCell<Option<Arc<HookTable>>>,
+    /// The cached table: null, or from `Arc::into_raw`, owning one strong reference. Replaced
+    /// only at the start of an outermost dispatch (depth 0), so a dispatch reads it without a
+    /// guard while it runs.
+    table: Cell<*const HookTable>,
     /// The event whose callback is running, for the fatal-panic report.
     in_callback: Cell<Option<(Kind, AsyncId)>>,
 }
 
+/// A version the registry never publishes: the cache is empty and must refresh.
+const STALE: u64 = u64::MAX;
+
 impl ThreadHooks {
     pub(crate) const fn new() -> Self {
         ThreadHooks {
-            version: Cell::new(0),
-            table: RefCell::new(None),
+            depth: Cell::new(0),
+            version: Cell::new(STALE),
+            table: Cell::new(std::ptr::null()),
             in_callback: Cell::new(None),
         }
     }
@@ -743,53 +756,103 @@ impl ThreadHooks {
     /// The table an event raised at `depth` on this thread is dispatched to: refreshed from
     /// `registry` at the start of an outermost dispatch (depth 0) only, so that changes made
     /// while this thread dispatches apply when its outermost dispatch returns.
-    fn dispatch_table(
-        &self,
-        registry: &HookRegistry,
-        depth: u32,
-    ) -> Ref<'_, Option<Arc<HookTable>>> {
-        if depth == 0 {
+    #[inline(always)]
+    fn dispatch_table(&self, registry: &HookRegistry, depth: u32) -> Option<&HookTable> {
+        if depth == 0 && registry.version.load(Ordering::Acquire) != self.version.get() {
             self.refresh(registry);
         }
-        // Only `refresh` borrows mutably, and only at depth 0, never while callbacks run.
-        self.table.borrow()
-    }
-
-    #[inline(always)]
-    fn refresh(&self, registry: &HookRegistry) {
-        if registry.version.load(Ordering::Acquire) != self.version.get() {
-            self.refresh_slow(registry);
+        // SAFETY: a non-null pointer owns a strong reference, and is replaced (and the reference
+        // released) only by `refresh` at depth 0 or `release`, neither of which can run while the
+        // returned borrow is in use: callers use it within one dispatch, whose nested dispatches
+        // run at depth > 0, and the thread's exit runs no dispatch in between.
+        #[allow(unsafe_code)]
+        unsafe {
+            self.table.get().as_ref()
         }
     }
 
+    /// Caches the registry's current table (slow path: a hook was enabled or disabled since).
     #[cold]
     #[inline(never)]
-    fn refresh_slow(&self, registry: &HookRegistry) {
+    fn refresh(&self, registry: &HookRegistry) {
+        if !ReleaseTable::armed() {
+            // This thread is exiting and its cache was already released: events are no longer
+            // delivered on it.
+            return;
+        }
         let (table, version) = {
             let registry = registry.lock();
             (registry.table.clone(), registry.version)
         };
+        let table = table.map_or(std::ptr::null(), Arc::into_raw);
         let old = self.table.replace(table);
         self.version.set(version);
-        // Dropping the old table may drop a hook's callbacks, which may run user code.
-        drop(old);
+        // Released last: dropping the old table may drop a hook's callbacks, which may run user
+        // code (raising events of its own).
+        Self::release_raw(old);
+    }
+
+    /// Releases the cached table (at thread exit, or at the end of a loom model run).
+    fn release(&self) {
+        self.version.set(STALE);
+        Self::release_raw(self.table.replace(std::ptr::null()));
+    }
+
+    fn release_raw(table: *const HookTable) {
+        if !table.is_null() {
+            // SAFETY: a non-null cached pointer came from `Arc::into_raw` and owned one strong
+            // reference; it was just taken out of the cache, so it is released once.
+            #[allow(unsafe_code)]
+            drop(unsafe { Arc::from_raw(table) });
+        }
+    }
+}
+
+/// Releases the thread's cached table when the thread exits. Its thread-local is touched by
+/// every refresh, which registers the destructor.
+struct ReleaseTable;
+
+impl ReleaseTable {
+    /// Whether the thread-exit release is registered and has not run yet.
+    fn armed() -> bool {
+        RELEASE_TABLE.try_with(|_| ()).is_ok()
+    }
+}
+
+impl Drop for ReleaseTable {
+    fn drop(&mut self) {
+        with_thread_hooks(ThreadHooks::release);
     }
 }
 
 thread_local! {
-    /// This thread's view of the registry: used only while dispatching, so kept out of the
-    /// `Drop`-free thread state that the hot paths touch.
+    /// This thread's view of the registry and its dispatch depth.
     static THREAD_HOOKS: ThreadHooks = const { ThreadHooks::new() };
 
-    /// How many dispatches are running on this thread (nested events raised by callbacks). Kept
-    /// out of `ThreadState`: a `Drop`-free `const` thread-local is one plain load, so the
-    /// `destroy` fast path of a dropped resource touches nothing else.
-    static DEPTH: Cell<u32> = const { Cell::new(0) };
+    static RELEASE_TABLE: ReleaseTable = const { ReleaseTable };
+}
+
+// The hot checks depend on this: a thread-local with drop glue is reached through a lazily
+// registering accessor instead.
+const _: () = assert!(!std::mem::needs_drop::<ThreadHooks>());
+
+/// Runs `f` with this thread's [`ThreadHooks`].
+#[inline(always)]
+fn with_thread_hooks<R>(f: impl FnOnce(&ThreadHooks) -> R) -> R {
+    // Only the pointer is taken inside `with`, so that the access always inlines to a
+    // thread-pointer-relative address (with the whole dispatch inside `with`, LLVM kept the
+    // generic accessor call).
+    let hooks = THREAD_HOOKS.with(std::ptr::from_ref);
+    // SAFETY: a `const`-initialised thread-local without drop glue is never destroyed before its
+    // thread ends, so the pointer is valid for this call; the reference cannot leave the thread
+    // (`ThreadHooks` is `!Sync`) and lives only for `f`.
+    #[allow(unsafe_code)]
+    f(unsafe { &*hooks })
 }
 
 #[inline(always)]
 fn depth() -> u32 {
-    DEPTH.with(Cell::get)
+    with_thread_hooks(|hooks| hooks.depth.get())
 }
 
 /// Whether an event of `kind` would reach any hook on this thread. One relaxed load when no hook
@@ -818,7 +881,14 @@ pub(crate) fn emit_init(
 #[inline(always)]
 pub(crate) fn emit_id(kind: Kind, async_id: AsyncId) {
     if wants(kind) {
-        dispatch_id(kind, async_id);
+        // Each call site passes a constant kind, so this picks one entry at compile time.
+        match kind {
+            Kind::Before => dispatch_id::<{ Kind::Before as u8 }>(async_id),
+            Kind::After => dispatch_id::<{ Kind::After as u8 }>(async_id),
+            Kind::Destroy => dispatch_id::<{ Kind::Destroy as u8 }>(async_id),
+            Kind::PromiseResolve => dispatch_id::<{ Kind::PromiseResolve as u8 }>(async_id),
+            Kind::Init => unreachable!("init carries a resource: use `emit_init`"),
+        }
     }
 }
 
@@ -826,18 +896,22 @@ pub(crate) fn emit_id(kind: Kind, async_id: AsyncId) {
 // `catch_unwind` aborts). Callers rely on that: `before` fires while the thread points at a
 // resource that only the guard being built will switch away from, and with no unwind edge the
 // guard is built in place instead of being copied between stack slots (a store-forwarding stall
-// on every poll).
+// on every poll). One function per kind: no jump on the kind at run time.
 #[cold]
 #[inline(never)]
-extern "C" fn dispatch_id(kind: Kind, async_id: AsyncId) {
-    // One loop per kind, each calling its callback directly: no event value is built and read
-    // back per hook.
-    match kind {
-        Kind::Before => dispatch(kind, async_id, |hook| hook.before(async_id)),
-        Kind::After => dispatch(kind, async_id, |hook| hook.after(async_id)),
-        Kind::Destroy => dispatch(kind, async_id, |hook| hook.destroy(async_id)),
-        Kind::PromiseResolve => dispatch(kind, async_id, |hook| hook.promise_resolve(async_id)),
-        Kind::Init => unreachable!("init carries a resource: use `emit_init`"),
+extern "C" fn dispatch_id<const KIND: u8>(async_id: AsyncId) {
+    const BEFORE: u8 = Kind::Before as u8;
+    const AFTER: u8 = Kind::After as u8;
+    const DESTROY: u8 = Kind::Destroy as u8;
+    const PROMISE_RESOLVE: u8 = Kind::PromiseResolve as u8;
+    match KIND {
+        BEFORE => dispatch(Kind::Before, async_id, |hook| hook.before(async_id)),
+        AFTER => dispatch(Kind::After, async_id, |hook| hook.after(async_id)),
+        DESTROY => dispatch(Kind::Destroy, async_id, |hook| hook.destroy(async_id)),
+        PROMISE_RESOLVE => dispatch(Kind::PromiseResolve, async_id, |hook| {
+            hook.promise_resolve(async_id)
+        }),
+        _ => unreachable!("init carries a resource: use `emit_init`"),
     }
 }
 
@@ -847,23 +921,22 @@ pub(crate) fn emit_destroy(async_id: AsyncId) {
     emit_id(Kind::Destroy, async_id);
 }
 
-/// Delivers an event to this thread's table of hooks for `kind`, in enable order. While the
-/// thread's locals are being torn down (its view of the registry already gone), events are not
-/// delivered.
+/// Delivers an event to this thread's table of hooks for `kind`, in enable order. Once the
+/// thread's exit has released its view of the registry, events are not delivered.
 #[inline(always)]
 fn dispatch(kind: Kind, async_id: AsyncId, deliver: impl Fn(&Callbacks)) {
-    let _ = THREAD_HOOKS.try_with(|hooks| {
-        let depth = depth();
-        let table = hooks.dispatch_table(registry(), depth);
-        let Some(table) = table.as_deref() else {
+    with_thread_hooks(|hooks| {
+        let depth = hooks.depth.get();
+        let Some(table) = hooks.dispatch_table(registry(), depth) else {
             return;
         };
         let list = table.list(kind);
         if list.is_empty() {
             return;
         }
-        DEPTH.with(|d| d.set(depth + 1));
-        let _depth = DepthGuard;
+        // No guard restores these: nothing unwinds out of here (a panicking callback is fatal,
+        // below), so the two stores at the end always run.
+        hooks.depth.set(depth + 1);
         // A nested dispatch inside a callback puts this back when it returns.
         let outer = hooks.in_callback.replace(Some((kind, async_id)));
         for hook in list {
@@ -873,15 +946,8 @@ fn dispatch(kind: Kind, async_id: AsyncId, deliver: impl Fn(&Callbacks)) {
             }
         }
         hooks.in_callback.set(outer);
+        hooks.depth.set(depth);
     });
-}
-
-struct DepthGuard;
-
-impl Drop for DepthGuard {
-    fn drop(&mut self) {
-        DEPTH.with(|d| d.set(d.get() - 1));
-    }
 }
 
 fn panic_message(payload: &(dyn std::any::Any + Send)) -> &str {
@@ -914,10 +980,7 @@ fn install_panic_hook() {
     INSTALL.call_once(|| {
         let previous = panic::take_hook();
         panic::set_hook(Box::new(move |info| {
-            let in_callback = THREAD_HOOKS
-                .try_with(|hooks| hooks.in_callback.get())
-                .ok()
-                .flatten();
+            let in_callback = with_thread_hooks(|hooks| hooks.in_callback.get());
             match in_callback {
                 Some((kind, async_id)) => {
                     let payload = info.payload();
@@ -933,6 +996,72 @@ fn install_panic_hook() {
 mod tests {
     use super::*;
     use std::sync::atomic::AtomicU64;
+
+    /// The cached table's raw pointer under Miri: replaced by a refresh while a hook's callbacks
+    /// are alive, read by nested dispatches while a refresh is pending, and released when the
+    /// thread exits.
+    #[test]
+    fn the_cached_table_is_replaced_read_while_nested_and_released_at_exit() {
+        // Ids no resource gets, so that events of other tests running meanwhile (which reach
+        // these hooks while they are enabled) are not counted.
+        const BASE: u64 = u64::MAX - 16;
+        let id = |n: u64| AsyncId::from_u64(BASE + n);
+        let ours = |id: AsyncId| id.as_u64() >= BASE;
+        static NESTED: AtomicU64 = AtomicU64::new(0);
+        let seen = Arc::new(AtomicU64::new(0));
+        let witness = Arc::new(());
+        let (s, w) = (seen.clone(), witness.clone());
+        let first = create_hook(Hooks::new().before(move |event| {
+            let _keep = &w;
+            if !ours(event) {
+                return;
+            }
+            s.fetch_add(1, Ordering::Relaxed);
+            if event == id(1) {
+                // A change and a nested event inside a dispatch: the nested event goes to the
+                // table this dispatch started with.
+                let second = create_hook(Hooks::new().before(move |event| {
+                    if ours(event) {
+                        NESTED.fetch_add(1, Ordering::Relaxed);
+                    }
+                }))
+                .enable();
+                emit_id(Kind::Before, id(2));
+                second.disable();
+            }
+        }));
+        std::thread::spawn(move || {
+            let first = first.enable();
+            emit_id(Kind::Before, id(1));
+            assert_eq!(seen.load(Ordering::Relaxed), 2, "outer and nested event");
+            assert_eq!(
+                NESTED.load(Ordering::Relaxed),
+                0,
+                "enabled inside the dispatch"
+            );
+            first.disable();
+            // Refreshes to a table without `first`, releasing the old one.
+            emit_id(Kind::Before, id(3));
+            assert_eq!(seen.load(Ordering::Relaxed), 2);
+            let again = first.enable();
+            emit_id(Kind::Before, id(4));
+            assert_eq!(seen.load(Ordering::Relaxed), 3);
+            again.disable();
+            // The thread exits holding a table with `first` in it.
+        })
+        .join()
+        .unwrap();
+        // The thread released its cache when it exited. Test threads that dispatched while the
+        // hook was enabled may hold a table with it until they refresh or exit: wait for them.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        while Arc::strong_count(&witness) != 1 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the hook's callbacks are still referenced"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+    }
 
     #[test]
     fn builder_closures_are_kept_as_closures_and_custom_callbacks_boxed() {

@@ -597,15 +597,25 @@ impl Identity {
 }
 
 impl Drop for Identity {
+    // Inlined: most identities never make a handle, and then dropping one is a test of a word
+    // already in a register, not a call.
+    #[inline]
     fn drop(&mut self) {
         let word = *self.word.get_mut();
         if word.addr() & HANDLE != 0 {
-            let inner = word.map_addr(|addr| addr & !TAGS).cast::<ResourceInner>();
-            // SAFETY: a `HANDLE` word owns one strong reference, released once, here.
-            #[allow(unsafe_code)]
-            drop(unsafe { Arc::from_raw(inner.cast_const()) });
+            release_handle(word);
         }
     }
+}
+
+/// Releases the strong reference that a `HANDLE` word owns.
+#[cold]
+#[inline(never)]
+fn release_handle(word: *mut ()) {
+    let inner = word.map_addr(|addr| addr & !TAGS).cast::<ResourceInner>();
+    // SAFETY: a `HANDLE` word owns one strong reference, released once, here (from `Drop`).
+    #[allow(unsafe_code)]
+    drop(unsafe { Arc::from_raw(inner.cast_const()) });
 }
 
 /// A new reference to the handle in a `HANDLE` word.

@@ -17,7 +17,7 @@
 //! lock, `version` and `counts` operations and of the tests' flags, with no preemption bound,
 //! under the C11 memory model (relaxed loads may return any value the model allows).
 //!
-//! What is *not* modelled: the `DEPTH` and `ThreadState` thread-locals (loom runs its threads on
+//! What is *not* modelled: the `THREAD_HOOKS` and `ThreadState` thread-locals (loom runs its threads on
 //! one OS thread, so std thread-locals would be shared; the tests pass the depth explicitly), the
 //! hooks' `Arc` reference counts and `enabled` flags (std atomics, not part of the protocol), and
 //! the callbacks themselves.
@@ -77,6 +77,29 @@ impl Named {
     }
 }
 
+/// A loom thread's [`ThreadHooks`], which releases its cached table when the thread's model run
+/// ends (in production, the thread's exit does).
+struct Cache(ThreadHooks);
+
+impl Cache {
+    fn new() -> Cache {
+        Cache(ThreadHooks::new())
+    }
+}
+
+impl std::ops::Deref for Cache {
+    type Target = ThreadHooks;
+    fn deref(&self) -> &ThreadHooks {
+        &self.0
+    }
+}
+
+impl Drop for Cache {
+    fn drop(&mut self) {
+        self.0.release();
+    }
+}
+
 /// The hooks an event of `kind` raised at `depth` on `thread` is delivered to, in order: `emit`'s
 /// check (`wants`) then `dispatch`'s choice of table and list.
 fn deliver(
@@ -90,7 +113,7 @@ fn deliver(
         return Vec::new();
     }
     let table = cache.dispatch_table(registry, depth);
-    match table.as_deref() {
+    match table {
         Some(table) => table.list(kind).iter().map(|h| named.name_of(h)).collect(),
         None => Vec::new(),
     }
@@ -131,7 +154,7 @@ fn loom_enable_racing_a_dispatch_delivers_whole_tables() {
             let b = {
                 let (named, registry) = (named.clone(), registry.clone());
                 thread::spawn(move || {
-                    let cache = ThreadHooks::new();
+                    let cache = Cache::new();
                     let mut saw_h = false;
                     for kind in [Kind::Init, Kind::Before, Kind::Init] {
                         let got = deliver(&named, &registry, &cache, kind, 0);
@@ -175,7 +198,7 @@ fn loom_enable_then_signal_reaches_the_next_outermost_dispatch() {
                     named.enable(&registry, "K");
                 })
             };
-            let cache = ThreadHooks::new();
+            let cache = Cache::new();
             let first = deliver(&named, &registry, &cache, Kind::Init, 0);
             assert!(
                 [&["G"][..], &["G", "H"], &["G", "H", "K"]].contains(&&first[..]),
@@ -226,12 +249,12 @@ fn loom_disable_during_a_dispatch_applies_when_the_outermost_returns() {
                     disabled.store(true, Ordering::Release);
                 })
             };
-            let cache = ThreadHooks::new();
+            let cache = Cache::new();
             {
                 // The outermost `init` dispatch: the table it delivers to, held while the
                 // callbacks run (as `dispatch` holds it).
                 let outer = cache.dispatch_table(&registry, 0);
-                let list: Vec<_> = outer.as_deref().unwrap().list(Kind::Init).to_vec();
+                let list: Vec<_> = outer.unwrap().list(Kind::Init).to_vec();
                 let outer_names: Vec<_> = list.iter().map(|h| named.name_of(h)).collect();
                 // A disables only once B is dispatching: B's table has both hooks.
                 assert_eq!(outer_names, ["G", "H"]);
