@@ -787,3 +787,45 @@ fn a_threads_view_of_the_hooks_is_released_when_it_exits_and_teardown_events_are
         "the hook's callbacks are still referenced"
     );
 }
+
+/// The child half of `a_panic_after_a_nested_event_is_reported_for_the_outer_event`.
+#[test]
+fn fatal_after_nested_child() {
+    if std::env::var_os("ASYNC_HOOKS_FATAL_NESTED_CHILD").is_none() {
+        return;
+    }
+    create_hook(Hooks::new().init(|_, _, _, _| {}).before(|id| {
+        // A nested `init` dispatch runs and returns inside this callback...
+        drop(AsyncResource::new("Nested"));
+        // ...and the panic after it belongs to this `before`.
+        panic!("before exploded for {id}");
+    }))
+    .enable();
+    let r = AsyncResource::new("Outer");
+    r.run_in_async_scope(|| {});
+    unreachable!("a panicking hook must end the process");
+}
+
+#[test]
+fn a_panic_after_a_nested_event_is_reported_for_the_outer_event() {
+    let output = std::process::Command::new(std::env::current_exe().unwrap())
+        .args([
+            "fatal_after_nested_child",
+            "--exact",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env("ASYNC_HOOKS_FATAL_NESTED_CHILD", "1")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "stderr: {stderr}");
+    let id = stderr
+        .strip_prefix("Error: before exploded for ")
+        .and_then(|rest| rest.split('\n').next())
+        .unwrap_or_else(|| panic!("stderr: {stderr}"));
+    assert!(
+        stderr.contains(&format!("`before` hook callback for async id {id}\n")),
+        "stderr: {stderr}"
+    );
+}

@@ -715,8 +715,8 @@ impl HookRegistry {
     }
 
     /// Whether any hook is enabled for `kind`: the fast path's one relaxed load. (`wants` adds
-    /// the thread's dispatch depth; kept out of here so that the fast path compiles exactly as
-    /// it did with the counts in a `static` of their own.)
+    /// whether the thread is dispatching; kept out of here so that the fast path compiles
+    /// exactly as it did with the counts in a `static` of their own.)
     #[inline(always)]
     fn any_enabled(&self, kind: Kind) -> bool {
         self.counts[kind as usize].load(Ordering::Relaxed) != 0
@@ -728,16 +728,22 @@ impl HookRegistry {
 /// the reference to the cached table that it owns is released at thread exit by
 /// [`ReleaseTable`].
 pub(crate) struct ThreadHooks {
-    /// How many dispatches are running on this thread (nested events raised by callbacks).
-    depth: Cell<u32>,
+    /// The event whose callbacks are running on this thread (the innermost, when callbacks
+    /// raise events of their own), on its dispatch's stack; null when none is. It says both
+    /// whether the thread is dispatching and, for the fatal-panic report, which event.
+    dispatching: Cell<*const Dispatching>,
     /// The registry version `table` was published as; [`STALE`] when none is cached.
     version: Cell<u64>,
     /// The cached table: null, or from `Arc::into_raw`, owning one strong reference. Replaced
     /// only at the start of an outermost dispatch (depth 0), so a dispatch reads it without a
     /// guard while it runs.
     table: Cell<*const HookTable>,
-    /// The event whose callback is running, for the fatal-panic report.
-    in_callback: Cell<Option<(Kind, AsyncId)>>,
+}
+
+/// An event being dispatched, recorded on its dispatch's stack.
+struct Dispatching {
+    kind: Kind,
+    async_id: AsyncId,
 }
 
 /// A version the registry never publishes: the cache is empty and must refresh.
@@ -746,25 +752,24 @@ const STALE: u64 = u64::MAX;
 impl ThreadHooks {
     pub(crate) const fn new() -> Self {
         ThreadHooks {
-            depth: Cell::new(0),
+            dispatching: Cell::new(std::ptr::null()),
             version: Cell::new(STALE),
             table: Cell::new(std::ptr::null()),
-            in_callback: Cell::new(None),
         }
     }
 
-    /// The table an event raised at `depth` on this thread is dispatched to: refreshed from
-    /// `registry` at the start of an outermost dispatch (depth 0) only, so that changes made
-    /// while this thread dispatches apply when its outermost dispatch returns.
+    /// The table an event is dispatched to on this thread: refreshed from `registry` at the
+    /// start of an outermost dispatch only, so that changes made while this thread dispatches
+    /// apply when its outermost dispatch returns.
     #[inline(always)]
-    fn dispatch_table(&self, registry: &HookRegistry, depth: u32) -> Option<&HookTable> {
-        if depth == 0 && registry.version.load(Ordering::Acquire) != self.version.get() {
+    fn dispatch_table(&self, registry: &HookRegistry, outermost: bool) -> Option<&HookTable> {
+        if outermost && registry.version.load(Ordering::Acquire) != self.version.get() {
             self.refresh(registry);
         }
         // SAFETY: a non-null pointer owns a strong reference, and is replaced (and the reference
-        // released) only by `refresh` at depth 0 or `release`, neither of which can run while the
-        // returned borrow is in use: callers use it within one dispatch, whose nested dispatches
-        // run at depth > 0, and the thread's exit runs no dispatch in between.
+        // released) only by `refresh` in an outermost dispatch or by `release`, neither of which
+        // can run while the returned borrow is in use: callers use it within one dispatch, whose
+        // nested dispatches are not outermost, and the thread's exit runs no dispatch in between.
         #[allow(unsafe_code)]
         unsafe {
             self.table.get().as_ref()
@@ -826,7 +831,7 @@ impl Drop for ReleaseTable {
 }
 
 thread_local! {
-    /// This thread's view of the registry and its dispatch depth.
+    /// This thread's view of the registry and the event it is dispatching.
     static THREAD_HOOKS: ThreadHooks = const { ThreadHooks::new() };
 
     static RELEASE_TABLE: ReleaseTable = const { ReleaseTable };
@@ -850,16 +855,17 @@ fn with_thread_hooks<R>(f: impl FnOnce(&ThreadHooks) -> R) -> R {
     f(unsafe { &*hooks })
 }
 
+/// Whether this thread is running hook callbacks.
 #[inline(always)]
-fn depth() -> u32 {
-    with_thread_hooks(|hooks| hooks.depth.get())
+fn dispatching() -> bool {
+    with_thread_hooks(|hooks| !hooks.dispatching.get().is_null())
 }
 
 /// Whether an event of `kind` would reach any hook on this thread. One relaxed load when no hook
 /// is enabled and the thread is not dispatching.
 #[inline]
 pub(crate) fn wants(kind: Kind) -> bool {
-    registry().any_enabled(kind) || depth() != 0
+    registry().any_enabled(kind) || dispatching()
 }
 
 /// Emits `init` for a new resource. The caller checked [`wants`]`(Kind::Init)` (it made the
@@ -926,27 +932,25 @@ pub(crate) fn emit_destroy(async_id: AsyncId) {
 #[inline(always)]
 fn dispatch(kind: Kind, async_id: AsyncId, deliver: impl Fn(&Callbacks)) {
     with_thread_hooks(|hooks| {
-        let depth = hooks.depth.get();
-        let Some(table) = hooks.dispatch_table(registry(), depth) else {
+        let outer = hooks.dispatching.get();
+        let Some(table) = hooks.dispatch_table(registry(), outer.is_null()) else {
             return;
         };
         let list = table.list(kind);
         if list.is_empty() {
             return;
         }
-        // No guard restores these: nothing unwinds out of here (a panicking callback is fatal,
-        // below), so the two stores at the end always run.
-        hooks.depth.set(depth + 1);
-        // A nested dispatch inside a callback puts this back when it returns.
-        let outer = hooks.in_callback.replace(Some((kind, async_id)));
+        let event = Dispatching { kind, async_id };
+        // No guard puts `outer` back: nothing unwinds out of here (a panicking callback is
+        // fatal, below), so the store at the end always runs, before `event` goes.
+        hooks.dispatching.set(&event);
         for hook in list {
             let result = panic::catch_unwind(AssertUnwindSafe(|| deliver(&hook.callbacks)));
             if let Err(payload) = result {
                 fatal(kind, async_id, panic_message(&*payload));
             }
         }
-        hooks.in_callback.set(outer);
-        hooks.depth.set(depth);
+        hooks.dispatching.set(outer);
     });
 }
 
@@ -980,12 +984,13 @@ fn install_panic_hook() {
     INSTALL.call_once(|| {
         let previous = panic::take_hook();
         panic::set_hook(Box::new(move |info| {
-            let in_callback = with_thread_hooks(|hooks| hooks.in_callback.get());
-            match in_callback {
-                Some((kind, async_id)) => {
-                    let payload = info.payload();
-                    fatal(kind, async_id, panic_message(payload))
-                }
+            let event = with_thread_hooks(|hooks| hooks.dispatching.get());
+            // SAFETY: a non-null pointer is the record of a dispatch that is running on this
+            // thread, further up the stack than this panic (it is reset before that dispatch
+            // returns).
+            #[allow(unsafe_code)]
+            match unsafe { event.as_ref() } {
+                Some(event) => fatal(event.kind, event.async_id, panic_message(info.payload())),
                 None => previous(info),
             }
         }));

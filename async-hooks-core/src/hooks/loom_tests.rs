@@ -11,16 +11,17 @@
 //! Each model builds its own [`HookRegistry`] (loom forbids sharing a `static` across its runs)
 //! and gives each loom thread its own [`ThreadHooks`], the per-thread cache that `dispatch` keeps
 //! in a thread-local. [`deliver`] is `emit` + `dispatch` without the callbacks: `wants`
-//! (`any_enabled(kind) || depth != 0`, restated here because the production `wants` reads the
-//! depth from a thread-local), then `ThreadHooks::dispatch_table` (refresh at depth 0 only) and
-//! the list for the event's kind. loom explores every distinct interleaving of the registry's
-//! lock, `version` and `counts` operations and of the tests' flags, with no preemption bound,
-//! under the C11 memory model (relaxed loads may return any value the model allows).
+//! (`any_enabled(kind) || depth != 0`, restated here because the production `wants` reads
+//! whether the thread is dispatching from a thread-local), then `ThreadHooks::dispatch_table`
+//! (refresh in an outermost dispatch, depth 0, only) and the list for the event's kind. loom
+//! explores every distinct interleaving of the registry's lock, `version` and `counts`
+//! operations and of the tests' flags, with no preemption bound, under the C11 memory model
+//! (relaxed loads may return any value the model allows).
 //!
-//! What is *not* modelled: the `THREAD_HOOKS` and `ThreadState` thread-locals (loom runs its threads on
-//! one OS thread, so std thread-locals would be shared; the tests pass the depth explicitly), the
-//! hooks' `Arc` reference counts and `enabled` flags (std atomics, not part of the protocol), and
-//! the callbacks themselves.
+//! What is *not* modelled: the `THREAD_HOOKS` and `ThreadState` thread-locals (loom runs its
+//! threads on one OS thread, so std thread-locals would be shared; the tests pass the depth
+//! explicitly), the hooks' `Arc` reference counts and `enabled` flags (std atomics, not part of
+//! the protocol), and the callbacks themselves.
 
 use std::sync::atomic::{AtomicUsize, Ordering as StdOrdering};
 use std::sync::{Arc, Mutex as StdMutex};
@@ -112,7 +113,7 @@ fn deliver(
     if !(registry.any_enabled(kind) || depth != 0) {
         return Vec::new();
     }
-    let table = cache.dispatch_table(registry, depth);
+    let table = cache.dispatch_table(registry, depth == 0);
     match table {
         Some(table) => table.list(kind).iter().map(|h| named.name_of(h)).collect(),
         None => Vec::new(),
@@ -253,7 +254,7 @@ fn loom_disable_during_a_dispatch_applies_when_the_outermost_returns() {
             {
                 // The outermost `init` dispatch: the table it delivers to, held while the
                 // callbacks run (as `dispatch` holds it).
-                let outer = cache.dispatch_table(&registry, 0);
+                let outer = cache.dispatch_table(&registry, true);
                 let list: Vec<_> = outer.unwrap().list(Kind::Init).to_vec();
                 let outer_names: Vec<_> = list.iter().map(|h| named.name_of(h)).collect();
                 // A disables only once B is dispatching: B's table has both hooks.
