@@ -625,6 +625,16 @@ fn dropping_the_handle_of_an_enabled_hook_keeps_it_registered() {
     assert_eq!(count.load(Ordering::Relaxed), 1);
 }
 
+/// Runs the test `name` of this binary alone in a child process, with `switch` set so that it
+/// does its work.
+fn run_child(name: &str, switch: &str) -> std::process::Output {
+    std::process::Command::new(std::env::current_exe().unwrap())
+        .args([name, "--exact", "--nocapture", "--test-threads=1"])
+        .env(switch, "1")
+        .output()
+        .unwrap()
+}
+
 /// The child half of `a_panicking_hook_is_fatal`: does nothing unless asked to.
 #[test]
 fn fatal_hook_child() {
@@ -638,16 +648,7 @@ fn fatal_hook_child() {
 
 #[test]
 fn a_panicking_hook_is_fatal() {
-    let output = std::process::Command::new(std::env::current_exe().unwrap())
-        .args([
-            "fatal_hook_child",
-            "--exact",
-            "--nocapture",
-            "--test-threads=1",
-        ])
-        .env("ASYNC_HOOKS_FATAL_CHILD", "1")
-        .output()
-        .unwrap();
+    let output = run_child("fatal_hook_child", "ASYNC_HOOKS_FATAL_CHILD");
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert_eq!(output.status.code(), Some(1), "stderr: {stderr}");
     assert!(
@@ -808,16 +809,7 @@ fn fatal_after_nested_child() {
 
 #[test]
 fn a_panic_after_a_nested_event_is_reported_for_the_outer_event() {
-    let output = std::process::Command::new(std::env::current_exe().unwrap())
-        .args([
-            "fatal_after_nested_child",
-            "--exact",
-            "--nocapture",
-            "--test-threads=1",
-        ])
-        .env("ASYNC_HOOKS_FATAL_NESTED_CHILD", "1")
-        .output()
-        .unwrap();
+    let output = run_child("fatal_after_nested_child", "ASYNC_HOOKS_FATAL_NESTED_CHILD");
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert_eq!(output.status.code(), Some(1), "stderr: {stderr}");
     let id = stderr
