@@ -481,8 +481,8 @@ fn untagged(raw: *const FrameData) -> *const FrameData {
 /// whoever leaves a frame in a thread's cell past every scope registers
 /// `storage::release_at_thread_exit`.
 ///
-/// It holds a raw frame pointer (null: the empty frame). Untagged, it is a heap frame whose
-/// reference the cell owns. Tagged with [`LENT`], the reference belongs to the
+/// It holds a raw frame pointer (null, or the bare [`LENT`] tag while an execution with the empty
+/// frame runs: the empty frame). Untagged, it is a heap frame whose reference the cell owns. Tagged with [`LENT`], the reference belongs to the
 /// [`LentFrame`] guard that tagged it; tagged with [`STACK`], it is a [`StackFrame`] owned by
 /// [`FrameCell::run_with_entry`]. Either owner is alive higher up the same thread's stack. Guards
 /// and stack frames nest strictly: the cell is thread-local and `!Send`, and they never leave
@@ -508,14 +508,15 @@ impl FrameCell {
     /// guard or a stack frame) is still alive.
     #[inline]
     unsafe fn cloned(raw: *const FrameData) -> Frame {
-        if raw.is_null() {
-            return Frame(None);
-        }
         if raw.addr() & STACK != 0 {
             // SAFETY: per the caller, the stack frame is alive.
             return unsafe { StackFrame::promote(untagged(raw)) };
         }
+        // The empty frame, possibly tagged as lent (see `borrowed`).
         let data = untagged(raw);
+        if data.is_null() {
+            return Frame(None);
+        }
         // SAFETY: `data` is a heap frame and its owner holds a reference for the duration of
         // this call; the new reference is the result's.
         unsafe {
@@ -568,11 +569,7 @@ impl FrameCell {
     #[inline(always)]
     pub(crate) fn enter(&self, frame: &Frame) -> *const FrameData {
         let previous = self.raw.get();
-        let ours = FrameCell::borrowed(frame);
-        // Usually both are the empty frame: no store at all.
-        if previous != ours {
-            self.raw.set(ours);
-        }
+        self.raw.set(FrameCell::borrowed(frame));
         previous
     }
 
@@ -582,26 +579,20 @@ impl FrameCell {
     /// context; then the previous pointer goes back.
     #[inline(always)]
     pub(crate) fn leave(&self, frame: &mut Frame, previous: *const FrameData) {
-        let current = self.raw.get();
-        if current != FrameCell::borrowed(frame) {
+        if self.raw.get() != FrameCell::borrowed(frame) {
             return self.leave_changed(frame, previous);
         }
-        if current != previous {
-            self.raw.set(previous);
-        }
+        self.raw.set(previous);
     }
 
     /// Leaves a scope entered with [`FrameCell::enter`] whose frame stays as it was: whatever
     /// the code inside put in its place ends here.
     #[inline(always)]
     pub(crate) fn leave_scope(&self, frame: &Frame, previous: *const FrameData) {
-        let current = self.raw.get();
-        if current != FrameCell::borrowed(frame) {
+        if self.raw.get() != FrameCell::borrowed(frame) {
             return self.leave_scope_changed(previous);
         }
-        if current != previous {
-            self.raw.set(previous);
-        }
+        self.raw.set(previous);
     }
 
     #[cold]
@@ -624,15 +615,12 @@ impl FrameCell {
         drop(std::mem::replace(frame, changed));
     }
 
-    /// The cell pointer for `frame` while its owner is up the stack.
+    /// The cell pointer for `frame` while its owner is up the stack. The empty frame is tagged
+    /// too (a pointer that is only the tag): one `or`, no test, and code inside that puts the
+    /// untagged empty frame in its place (`disable`) is still seen as a change.
     #[inline(always)]
     fn borrowed(frame: &Frame) -> *const FrameData {
-        let raw = frame.as_ptr();
-        if raw.is_null() {
-            raw
-        } else {
-            raw.map_addr(|addr| addr | LENT)
-        }
+        frame.as_ptr().map_addr(|addr| addr | LENT)
     }
 
     /// Puts `frame` in, dropping the previous frame only after the new one is in place (a
@@ -1313,6 +1301,62 @@ mod tests {
         assert_eq!(drops.load(Ordering::SeqCst), 1);
         assert_eq!(read(resource.view(), 9), Some(90));
         assert_eq!(read(resource.view(), 8), Some(80));
+    }
+
+    #[test]
+    fn entering_the_empty_frame_tags_it_and_every_reader_sees_it_empty() {
+        let drops = Arc::new(AtomicUsize::new(0));
+        let cell = FrameCell::new();
+        let mut resource = Frame::EMPTY;
+        // Entered: the cell holds the bare tag, and reads, captures and lends see no entries.
+        let previous = cell.enter(&resource);
+        assert_eq!(cell.raw.get().addr(), LENT);
+        assert_eq!(current(&cell, 1), None);
+        assert!(
+            cell.get().as_ptr().is_null(),
+            "a capture of the empty frame"
+        );
+        cell.with_lent(|frame| assert!(frame.entries.is_empty()));
+        {
+            let lent = cell.lend();
+            assert!(lent.frame().entries.is_empty());
+        }
+        assert_eq!(
+            cell.raw.get().addr(),
+            LENT,
+            "a lend of it owns nothing to give back"
+        );
+        // A `run` inside stacks on it and puts it back as it was.
+        stacked(&cell, 1, counted(&drops), || {
+            assert!(cell.get().lookup(1).is_some())
+        });
+        assert_eq!(cell.raw.get().addr(), LENT);
+        cell.leave(&mut resource, previous);
+        assert!(cell.raw.get().is_null());
+        assert!(resource.as_ptr().is_null());
+        assert_eq!(drops.load(Ordering::SeqCst), 1);
+
+        // An `enter_with` inside becomes the resource's frame.
+        let previous = cell.enter(&resource);
+        let taken = cell.take();
+        assert!(taken.as_ptr().is_null());
+        cell.set(taken.with(2, counted(&drops)));
+        cell.leave(&mut resource, previous);
+        assert!(cell.raw.get().is_null());
+        assert!(resource.lookup(2).is_some());
+        // Replaced by the untagged empty frame inside (what `disable` can leave): a change too,
+        // and the resource's frame goes with it.
+        let previous = cell.enter(&resource);
+        drop(cell.take());
+        cell.leave(&mut resource, previous);
+        assert!(resource.as_ptr().is_null());
+        assert_eq!(drops.load(Ordering::SeqCst), 2);
+        // A scope of it (an `AsyncResource`'s) ends what the code inside entered.
+        let previous = cell.enter(&resource);
+        cell.set(Frame::EMPTY.with(3, counted(&drops)));
+        cell.leave_scope(&resource, previous);
+        assert!(cell.raw.get().is_null());
+        assert_eq!(drops.load(Ordering::SeqCst), 3);
     }
 
     #[test]
