@@ -714,12 +714,11 @@ impl HookRegistry {
         self.version.store(registry.version, Ordering::Release);
     }
 
-    /// Whether any hook is enabled for `kind`: the fast path's one relaxed load. (`wants` adds
-    /// whether the thread is dispatching; kept out of here so that the fast path compiles
-    /// exactly as it did with the counts in a `static` of their own.)
+    /// How many hooks are enabled for `kind`: the fast path's one relaxed load (`wants` adds
+    /// whether the thread is dispatching).
     #[inline(always)]
-    fn any_enabled(&self, kind: Kind) -> bool {
-        self.counts[kind as usize].load(Ordering::Relaxed) != 0
+    fn enabled_count(&self, kind: Kind) -> u32 {
+        self.counts[kind as usize].load(Ordering::Relaxed)
     }
 }
 
@@ -855,17 +854,15 @@ fn with_thread_hooks<R>(f: impl FnOnce(&ThreadHooks) -> R) -> R {
     f(unsafe { &*hooks })
 }
 
-/// Whether this thread is running hook callbacks.
-#[inline(always)]
-fn dispatching() -> bool {
-    with_thread_hooks(|hooks| !hooks.dispatching.get().is_null())
-}
-
-/// Whether an event of `kind` would reach any hook on this thread. One relaxed load when no hook
-/// is enabled and the thread is not dispatching.
+/// Whether an event of `kind` would reach any hook on this thread: the relaxed load of the kind's
+/// hook count and the thread's dispatch record, or-ed and tested with one branch.
 #[inline]
 pub(crate) fn wants(kind: Kind) -> bool {
-    registry().any_enabled(kind) || dispatching()
+    // Both words or-ed and tested once: written with `||`, LLVM tested each into a flag and
+    // branched on both flags.
+    let count = registry().enabled_count(kind) as usize;
+    let dispatching = with_thread_hooks(|hooks| hooks.dispatching.get().addr());
+    count | dispatching != 0
 }
 
 /// Emits `init` for a new resource. The caller checked [`wants`]`(Kind::Init)` (it made the

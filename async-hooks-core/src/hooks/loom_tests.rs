@@ -11,7 +11,7 @@
 //! Each model builds its own [`HookRegistry`] (loom forbids sharing a `static` across its runs)
 //! and gives each loom thread its own [`ThreadHooks`], the per-thread cache that `dispatch` keeps
 //! in a thread-local. [`deliver`] is `emit` + `dispatch` without the callbacks: `wants`
-//! (`any_enabled(kind) || depth != 0`, restated here because the production `wants` reads
+//! (`enabled_count(kind) != 0 || depth != 0`, restated here because the production `wants` reads
 //! whether the thread is dispatching from a thread-local), then `ThreadHooks::dispatch_table`
 //! (refresh in an outermost dispatch, depth 0, only) and the list for the event's kind. loom
 //! explores every distinct interleaving of the registry's lock, `version` and `counts`
@@ -110,7 +110,7 @@ fn deliver(
     kind: Kind,
     depth: u32,
 ) -> Vec<&'static str> {
-    if !(registry.any_enabled(kind) || depth != 0) {
+    if !(registry.enabled_count(kind) != 0 || depth != 0) {
         return Vec::new();
     }
     let table = cache.dispatch_table(registry, depth == 0);
@@ -270,7 +270,7 @@ fn loom_disable_during_a_dispatch_applies_when_the_outermost_returns() {
             while !disabled.load(Ordering::Acquire) {
                 thread::yield_now();
             }
-            assert!(!registry.any_enabled(Kind::Before), "count of `before`");
+            assert_eq!(registry.enabled_count(Kind::Before), 0, "count of `before`");
             assert!(deliver(&named, &registry, &cache, Kind::Before, 0).is_empty());
             assert_eq!(deliver(&named, &registry, &cache, Kind::Init, 0), ["G"]);
             a.join().unwrap();
