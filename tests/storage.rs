@@ -217,10 +217,15 @@ fn disable_exits_every_context_until_the_next_run() {
 
     store.disable();
     assert!(store.get_store().is_none());
+    assert_eq!(store.with_store(|t| t.map(|t| t.1)), None);
     assert!(
         continuation
             .run_in_async_scope(|| store.get_store())
             .is_none()
+    );
+    assert_eq!(
+        continuation.run_in_async_scope(|| store.with_store(|t| t.map(|t| t.1))),
+        None
     );
     // This thread's frame let go of its store at once; the continuation still holds its own.
     assert_eq!(live.load(Ordering::SeqCst), 1);

@@ -345,11 +345,9 @@ impl<T: Send + Sync + 'static> AsyncLocalStorage<T> {
     /// ```
     #[inline]
     pub fn with_store<R>(&self, f: impl FnOnce(Option<&T>) -> R) -> R {
+        // No early return for key 0 (never used, or disabled): no frame has an entry with that
+        // key, so the lookup below misses and reads the default. A branch less on the hit path.
         let key = self.read_key();
-        if key == 0 {
-            // Never used (or disabled): no frame holds it, nothing to lend.
-            return f(self.default_value().map(|v| &**v));
-        }
         with_state(|state| {
             // The thread's frame is lent to this call, not cloned: `f` may change the context
             // (`run`, `enter_with`, poll a future) and the store it looks at stays alive anyway.
