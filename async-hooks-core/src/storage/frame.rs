@@ -713,10 +713,9 @@ impl FrameCell {
     #[inline(always)]
     pub(crate) fn with_lent<R>(&self, f: impl FnOnce(FrameRef<'_>) -> R) -> R {
         let raw = self.raw.get();
-        // A heap frame the cell owns is 8-aligned and untagged: one less than it has both tag
-        // bits set. So has one less than null, which then takes the lending path for nothing,
-        // but this way the test is one subtraction and one branch.
-        if raw.addr().wrapping_sub(1) & TAGS != TAGS {
+        // Untagged is a heap frame the cell owns, or null, which then takes the lending path
+        // for nothing (`lend` lends nothing for it): one test and one branch.
+        if raw.addr() & TAGS != 0 {
             // SAFETY: the frame's owner is higher up this stack and outlives this call.
             return f(unsafe { FrameCell::view(raw) });
         }
