@@ -24,6 +24,11 @@ pub(crate) struct ThreadState {
     current: Cell<*const Identity>,
     /// The storage frame of the running execution.
     pub(crate) frame: FrameCell,
+    /// The event whose hook callbacks are running on this thread (the innermost, when callbacks
+    /// raise events of their own), on its dispatch's stack; null when none is. It says both
+    /// whether the thread is dispatching (checked with every event, hence here, next to the
+    /// rest of the hot state) and, for the fatal-panic report, which event.
+    pub(crate) dispatching: Cell<*const hooks::Dispatching>,
 }
 
 // The fast access above depends on this: a thread-local with drop glue is reached through a
@@ -36,6 +41,7 @@ thread_local! {
             ids: IdBlock::new(),
             current: Cell::new(&ROOT_IDENTITY),
             frame: FrameCell::new(),
+            dispatching: Cell::new(ptr::null()),
         }
     };
 }

@@ -16,6 +16,7 @@ use std::sync::{Arc, Once, PoisonError};
 
 use self::sync::{AtomicU32, AtomicU64, Mutex, MutexGuard};
 
+use crate::context::with_state;
 use crate::id::AsyncId;
 use crate::resource::Resource;
 
@@ -722,15 +723,11 @@ impl HookRegistry {
     }
 }
 
-/// A thread's view of the registry, and its dispatch bookkeeping. Only `Cell`s of plain values,
-/// so that the thread-local holding it has no destructor and is reached with one plain access;
-/// the reference to the cached table that it owns is released at thread exit by
-/// [`ReleaseTable`].
+/// A thread's view of the registry (the event it is dispatching is in the thread's hot state,
+/// `ThreadState::dispatching`). Only `Cell`s of plain values, so that the thread-local holding it
+/// has no destructor and is reached with one plain access; the reference to the cached table
+/// that it owns is released at thread exit by [`ReleaseTable`].
 pub(crate) struct ThreadHooks {
-    /// The event whose callbacks are running on this thread (the innermost, when callbacks
-    /// raise events of their own), on its dispatch's stack; null when none is. It says both
-    /// whether the thread is dispatching and, for the fatal-panic report, which event.
-    dispatching: Cell<*const Dispatching>,
     /// The registry version `table` was published as; [`STALE`] when none is cached.
     version: Cell<u64>,
     /// The cached table: null, or from `Arc::into_raw`, owning one strong reference. Replaced
@@ -739,8 +736,9 @@ pub(crate) struct ThreadHooks {
     table: Cell<*const HookTable>,
 }
 
-/// An event being dispatched, recorded on its dispatch's stack.
-struct Dispatching {
+/// An event being dispatched, recorded on its dispatch's stack; the thread's state points at the
+/// innermost one (see `ThreadState::dispatching`).
+pub(crate) struct Dispatching {
     kind: Kind,
     async_id: AsyncId,
 }
@@ -751,7 +749,6 @@ const STALE: u64 = u64::MAX;
 impl ThreadHooks {
     pub(crate) const fn new() -> Self {
         ThreadHooks {
-            dispatching: Cell::new(std::ptr::null()),
             version: Cell::new(STALE),
             table: Cell::new(std::ptr::null()),
         }
@@ -830,7 +827,7 @@ impl Drop for ReleaseTable {
 }
 
 thread_local! {
-    /// This thread's view of the registry and the event it is dispatching.
+    /// This thread's view of the registry.
     static THREAD_HOOKS: ThreadHooks = const { ThreadHooks::new() };
 
     static RELEASE_TABLE: ReleaseTable = const { ReleaseTable };
@@ -861,7 +858,7 @@ pub(crate) fn wants(kind: Kind) -> bool {
     // Both words or-ed and tested once: written with `||`, LLVM tested each into a flag and
     // branched on both flags.
     let count = registry().enabled_count(kind) as usize;
-    let dispatching = with_thread_hooks(|hooks| hooks.dispatching.get().addr());
+    let dispatching = with_state(|state| state.dispatching.get().addr());
     count | dispatching != 0
 }
 
@@ -928,26 +925,28 @@ pub(crate) fn emit_destroy(async_id: AsyncId) {
 /// thread's exit has released its view of the registry, events are not delivered.
 #[inline(always)]
 fn dispatch(kind: Kind, async_id: AsyncId, deliver: impl Fn(&Callbacks)) {
-    with_thread_hooks(|hooks| {
-        let outer = hooks.dispatching.get();
-        let Some(table) = hooks.dispatch_table(registry(), outer.is_null()) else {
-            return;
-        };
-        let list = table.list(kind);
-        if list.is_empty() {
-            return;
-        }
-        let event = Dispatching { kind, async_id };
-        // No guard puts `outer` back: nothing unwinds out of here (a panicking callback is
-        // fatal, below), so the store at the end always runs, before `event` goes.
-        hooks.dispatching.set(&event);
-        for hook in list {
-            let result = panic::catch_unwind(AssertUnwindSafe(|| deliver(&hook.callbacks)));
-            if let Err(payload) = result {
-                fatal(kind, async_id, panic_message(&*payload));
+    with_state(|state| {
+        with_thread_hooks(|hooks| {
+            let outer = state.dispatching.get();
+            let Some(table) = hooks.dispatch_table(registry(), outer.is_null()) else {
+                return;
+            };
+            let list = table.list(kind);
+            if list.is_empty() {
+                return;
             }
-        }
-        hooks.dispatching.set(outer);
+            let event = Dispatching { kind, async_id };
+            // No guard puts `outer` back: nothing unwinds out of here (a panicking callback is
+            // fatal, below), so the store at the end always runs, before `event` goes.
+            state.dispatching.set(&event);
+            for hook in list {
+                let result = panic::catch_unwind(AssertUnwindSafe(|| deliver(&hook.callbacks)));
+                if let Err(payload) = result {
+                    fatal(kind, async_id, panic_message(&*payload));
+                }
+            }
+            state.dispatching.set(outer);
+        })
     });
 }
 
@@ -981,7 +980,7 @@ fn install_panic_hook() {
     INSTALL.call_once(|| {
         let previous = panic::take_hook();
         panic::set_hook(Box::new(move |info| {
-            let event = with_thread_hooks(|hooks| hooks.dispatching.get());
+            let event = with_state(|state| state.dispatching.get());
             // SAFETY: a non-null pointer is the record of a dispatch that is running on this
             // thread, further up the stack than this panic (it is reset before that dispatch
             // returns).
