@@ -1,0 +1,187 @@
+//! Instruction counts of the hot paths against tokio's `task_local!`, for `valgrind
+//! --tool=callgrind`: unlike the criterion timings they are exact, repeatable, and do not depend on
+//! code layout or on what else the machine is doing (see BENCHMARKS.md for why that matters on
+//! this project's machine).
+//!
+//! Each shape runs in its own `#[inline(never)]` function, `ROUNDS` times after a warm-up of 10,
+//! so a function's inclusive count divided by `ROUNDS + 10` is its cost per operation (the set-up
+//! is amortised away):
+//!
+//! ```text
+//! cargo bench --bench instructions --no-run
+//! valgrind --tool=callgrind --callgrind-out-file=cg.out target/release/deps/instructions-<hash>
+//! callgrind_annotate --threshold=100 --inclusive=yes cg.out | grep 'instructions::shape_'
+//! ```
+//!
+//! `shape_lifecycle` is also called by `shape_lifecycle_counting_hook`: subtract that one's count
+//! from it. Run without valgrind, it runs every shape and prints nothing.
+
+use std::future::Future;
+use std::hint::black_box;
+use std::pin::pin;
+use std::task::{Context, Poll, Waker};
+
+use async_hooks::{AsyncLocalStorage, async_resource};
+
+mod common;
+
+use common::counting_hook;
+
+const ROUNDS: u64 = 1000;
+
+static STORE: AsyncLocalStorage<u64> = AsyncLocalStorage::new();
+
+tokio::task_local! {
+    static TASK_LOCAL: u64;
+}
+
+async fn plain(x: u64) -> u64 {
+    black_box(x) + 1
+}
+
+#[async_resource]
+async fn annotated(x: u64) -> u64 {
+    black_box(x) + 1
+}
+
+/// Never ready: for re-polls.
+struct Forever;
+
+impl Future for Forever {
+    type Output = ();
+    fn poll(self: std::pin::Pin<&mut Self>, _: &mut Context<'_>) -> Poll<()> {
+        Poll::Pending
+    }
+}
+
+async fn plain_forever() {
+    Forever.await
+}
+
+#[async_resource]
+async fn annotated_forever() {
+    Forever.await
+}
+
+/// Inlined into every shape, so that each is one function whatever LLVM decides about a shared
+/// helper: the counts then compare code paths, not inlining decisions (with `common`'s
+/// `poll_to_ready`, tokio's own lifecycle counted 74 or 94 instructions depending on the build).
+#[inline(always)]
+fn poll_to_ready<F: Future>(future: F) -> F::Output {
+    let mut future = pin!(future);
+    let mut cx = Context::from_waker(Waker::noop());
+    loop {
+        if let Poll::Ready(output) = future.as_mut().poll(&mut cx) {
+            return output;
+        }
+    }
+}
+
+#[inline(always)]
+fn repoll<F: Future>(future: F, rounds: u64) {
+    let mut future = pin!(future);
+    let mut cx = Context::from_waker(Waker::noop());
+    for _ in 0..rounds {
+        let _ = black_box(future.as_mut().poll(&mut cx));
+    }
+}
+
+#[inline(never)]
+fn shape_lifecycle_plain(rounds: u64) {
+    for i in 0..rounds {
+        black_box(poll_to_ready(plain(black_box(i))));
+    }
+}
+
+#[inline(never)]
+fn shape_lifecycle_tokio_scope(rounds: u64) {
+    for i in 0..rounds {
+        black_box(poll_to_ready(TASK_LOCAL.scope(1, plain(black_box(i)))));
+    }
+}
+
+#[inline(never)]
+fn shape_lifecycle(rounds: u64) {
+    for i in 0..rounds {
+        black_box(poll_to_ready(annotated(black_box(i))));
+    }
+}
+
+#[inline(never)]
+fn shape_lifecycle_counting_hook(rounds: u64) {
+    let hook = counting_hook().enable();
+    shape_lifecycle(rounds);
+    hook.disable();
+}
+
+#[inline(never)]
+fn shape_repoll_tokio_scope(rounds: u64) {
+    repoll(TASK_LOCAL.scope(7, plain_forever()), rounds)
+}
+
+#[inline(never)]
+fn shape_repoll(rounds: u64) {
+    repoll(annotated_forever(), rounds)
+}
+
+#[inline(never)]
+fn shape_repoll_counting_hook(rounds: u64) {
+    let hook = counting_hook().enable();
+    repoll(annotated_forever(), rounds);
+    hook.disable();
+}
+
+#[inline(never)]
+fn shape_with_store_in_run(rounds: u64) {
+    STORE.run(1, || {
+        for _ in 0..rounds {
+            STORE.with_store(|v| black_box(v.map_or(0, |v| *v)));
+        }
+    })
+}
+
+#[inline(never)]
+fn shape_tokio_with_in_sync_scope(rounds: u64) {
+    TASK_LOCAL.sync_scope(1, || {
+        for _ in 0..rounds {
+            TASK_LOCAL.with(|v| black_box(*v));
+        }
+    })
+}
+
+#[inline(never)]
+fn shape_run(rounds: u64) {
+    for i in 0..rounds {
+        STORE.run(black_box(i), || black_box(()));
+    }
+}
+
+#[inline(never)]
+fn shape_tokio_sync_scope(rounds: u64) {
+    for i in 0..rounds {
+        TASK_LOCAL.sync_scope(black_box(i), || black_box(()));
+    }
+}
+
+fn main() {
+    // Criterion's flags (`--bench`, filters) are accepted and ignored: every shape always runs,
+    // in well under a second.
+    let shapes: &[fn(u64)] = &[
+        shape_lifecycle_plain,
+        shape_lifecycle_tokio_scope,
+        shape_lifecycle,
+        shape_lifecycle_counting_hook,
+        shape_repoll_tokio_scope,
+        shape_repoll,
+        shape_repoll_counting_hook,
+        shape_with_store_in_run,
+        shape_tokio_with_in_sync_scope,
+        shape_run,
+        shape_tokio_sync_scope,
+    ];
+    for shape in shapes {
+        // The warm-up: ids, type registration, the thread's hook table.
+        shape(10);
+        shape(ROUNDS);
+    }
+}
