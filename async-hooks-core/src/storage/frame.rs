@@ -771,15 +771,16 @@ struct Leave<'a, Restore: FnOnce(&Frame, FrameRef<'_>) -> Frame> {
     restore: Option<Restore>,
 }
 
-impl<Restore: FnOnce(&Frame, FrameRef<'_>) -> Frame> Drop for Leave<'_, Restore> {
-    fn drop(&mut self) {
-        let current = self.cell.raw.get();
-        let stack = self.frame.cast_const().cast::<FrameData>();
+impl<Restore: FnOnce(&Frame, FrameRef<'_>) -> Frame> Leave<'_, Restore> {
+    /// The end of a scope whose stack frame is no longer in the cell as itself: a capture left
+    /// its promoted copy there (or the frame was on the heap from the start), or the code inside
+    /// changed the context.
+    #[cold]
+    #[inline(never)]
+    fn leave_moved(&mut self, current: *const FrameData) {
         // SAFETY: the stack frame lives until after this guard (see `run_stacked`).
         let promoted = unsafe { (*self.frame).promoted.get() };
-        if current == stack.map_addr(|addr| addr | STACK) {
-            self.cell.raw.set(self.previous);
-        } else if current == promoted && !promoted.is_null() {
+        if current == promoted && !promoted.is_null() {
             // A heap frame from the start, or a capture left the stack frame's promoted copy in
             // the cell: the cell owns a reference to that copy, released here (the stack frame
             // releases its own).
@@ -803,6 +804,21 @@ impl<Restore: FnOnce(&Frame, FrameRef<'_>) -> Frame> Drop for Leave<'_, Restore>
                 drop(unsafe { Frame::from_raw(self.previous) });
             }
             drop(current);
+        }
+    }
+}
+
+impl<Restore: FnOnce(&Frame, FrameRef<'_>) -> Frame> Drop for Leave<'_, Restore> {
+    // Inlined into `run`: the common end (the stack frame still in the cell as itself) is a
+    // compare and a store; the rest is out of line.
+    #[inline]
+    fn drop(&mut self) {
+        let current = self.cell.raw.get();
+        let stack = self.frame.cast_const().cast::<FrameData>();
+        if current == stack.map_addr(|addr| addr | STACK) {
+            self.cell.raw.set(self.previous);
+        } else {
+            self.leave_moved(current);
         }
         // SAFETY: initialised by `StackFrame::init`, no longer pointed at by the cell, and
         // dropped once, here.
@@ -851,6 +867,18 @@ impl StackFrame {
         value: Option<Value>,
     ) -> *const FrameData {
         let entries = base.entries;
+        if entries.is_empty() {
+            // The common case of a `run` at the top of a request: no search, no copies.
+            // SAFETY: `frame` is valid for writes (per the caller); the entry is a bitwise copy
+            // of `value`, whose reference `finish` keeps in the frame (the entry borrows it).
+            unsafe {
+                (&raw mut (*frame).inline).cast::<Entry>().write(Entry {
+                    key,
+                    value: ptr::read(&value),
+                });
+                return StackFrame::finish(frame, value, 1);
+            }
+        }
         let (at, replaces) = match base.position(key) {
             Some(i) => (i, true),
             None => (entries.partition_point(|e| e.key < key), false),
@@ -876,6 +904,20 @@ impl StackFrame {
             for (i, entry) in entries[after..].iter().enumerate() {
                 slots.add(at + 1 + i).write(ptr::read(entry));
             }
+            StackFrame::finish(frame, value, len)
+        }
+    }
+
+    /// Writes the rest of a stack frame whose `len` entries are written, and returns the cell
+    /// pointer for it.
+    ///
+    /// # Safety
+    ///
+    /// `frame` must be valid for writes, with its first `len` entries written.
+    #[inline(always)]
+    unsafe fn finish(frame: *mut StackFrame, value: Option<Value>, len: usize) -> *const FrameData {
+        // SAFETY: per the caller.
+        unsafe {
             (&raw mut (*frame).value).write(value);
             (&raw mut (*frame).promoted).write(Cell::new(ptr::null()));
             (&raw mut (*frame).header).write(FrameData {
