@@ -762,9 +762,10 @@ fn a_threads_view_of_the_hooks_is_released_when_it_exits_and_teardown_events_are
     .enable();
     // A resource dropped while the thread's locals are torn down, after its view of the hooks
     // may already be gone: no crash, and at most one event.
+    use std::cell::RefCell;
     struct DropLate(#[allow(dead_code)] Option<AsyncResource>);
     thread_local! {
-        static LATE: std::cell::RefCell<DropLate> = const { std::cell::RefCell::new(DropLate(None)) };
+        static LATE: RefCell<DropLate> = const { RefCell::new(DropLate(None)) };
     }
     std::thread::spawn(|| {
         // The thread caches the table (with the hook) on its first dispatch.

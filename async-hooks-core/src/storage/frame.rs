@@ -482,11 +482,12 @@ fn untagged(raw: *const FrameData) -> *const FrameData {
 /// `storage::release_at_thread_exit`.
 ///
 /// It holds a raw frame pointer (null, or the bare [`LENT`] tag while an execution with the empty
-/// frame runs: the empty frame). Untagged, it is a heap frame whose reference the cell owns. Tagged with [`LENT`], the reference belongs to the
-/// [`LentFrame`] guard that tagged it; tagged with [`STACK`], it is a [`StackFrame`] owned by
-/// [`FrameCell::run_with_entry`]. Either owner is alive higher up the same thread's stack. Guards
-/// and stack frames nest strictly: the cell is thread-local and `!Send`, and they never leave
-/// the function that made them.
+/// frame runs: the empty frame). Untagged, it is a heap frame whose reference the cell owns.
+/// Tagged with [`LENT`], the reference belongs to the [`LentFrame`] guard that tagged it, or to
+/// the execution running in it ([`FrameCell::enter`]); tagged with [`STACK`], it is a
+/// [`StackFrame`] owned by [`FrameCell::run_with_entry`]. Either owner is alive higher up the
+/// same thread's stack. Guards and stack frames nest strictly: the cell is thread-local and
+/// `!Send`, and they never leave the function that made them.
 pub(crate) struct FrameCell {
     raw: Cell<*const FrameData>,
 }
