@@ -63,6 +63,16 @@ async fn annotated_forever() {
     Forever.await
 }
 
+#[tracing::instrument]
+async fn instrumented(x: u64) -> u64 {
+    black_box(x) + 1
+}
+
+#[tracing::instrument]
+async fn instrumented_forever() {
+    Forever.await
+}
+
 /// Inlined into every shape, so that each is one function whatever LLVM decides about a shared
 /// helper: the counts then compare code paths, not inlining decisions (with `common`'s
 /// `poll_to_ready`, tokio's own lifecycle counted 74 or 94 instructions depending on the build).
@@ -131,6 +141,21 @@ fn shape_repoll_counting_hook(rounds: u64) {
     hook.disable();
 }
 
+/// Run with a `tracing_subscriber::registry()` as the thread's default subscriber (see `main`).
+#[inline(never)]
+fn shape_lifecycle_tracing_registry(rounds: u64) {
+    for i in 0..rounds {
+        black_box(poll_to_ready(instrumented(black_box(i))));
+    }
+}
+
+/// Run with a `tracing_subscriber::registry()` as the thread's default subscriber (see `main`),
+/// as `benches/macros.rs` polls it: the span's enter and exit reach the registry.
+#[inline(never)]
+fn shape_repoll_tracing_registry(rounds: u64) {
+    repoll(instrumented_forever(), rounds)
+}
+
 #[inline(never)]
 fn shape_with_store_in_run(rounds: u64) {
     STORE.run(1, || {
@@ -184,4 +209,15 @@ fn main() {
         shape(10);
         shape(ROUNDS);
     }
+    // tracing's peers, with a registry subscriber: the shapes then count only what each span
+    // costs, not the subscriber's construction.
+    tracing::subscriber::with_default(tracing_subscriber::registry(), || {
+        for shape in [
+            shape_lifecycle_tracing_registry,
+            shape_repoll_tracing_registry,
+        ] {
+            shape(10);
+            shape(ROUNDS);
+        }
+    });
 }
