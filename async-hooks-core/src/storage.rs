@@ -370,9 +370,12 @@ impl<T: Send + Sync + 'static> AsyncLocalStorage<T> {
     /// captures `store`. Only this storage is restored: an `enter_with` of another storage
     /// inside `f` survives it.
     ///
-    /// Cost: one allocation (the store's `Arc`, which `get_store` hands out). The new context is
-    /// built on this call's stack while it holds at most four storages, and copied to the heap
-    /// once only if something created inside keeps it.
+    /// Cost: the store goes into an `Arc` (which `get_store` hands out), usually without
+    /// allocating: when a `run` ends holding the only reference to its store, the store is
+    /// dropped there as always, but its allocation stays with the thread for the next `run` of
+    /// the storage there (at most eight kept per thread, freed when the thread exits). The new
+    /// context is built on this call's stack while it holds at most four storages, and copied to
+    /// the heap once only if something created inside keeps it.
     ///
     /// ```
     /// # use async_hooks::AsyncLocalStorage;
@@ -384,7 +387,9 @@ impl<T: Send + Sync + 'static> AsyncLocalStorage<T> {
     /// ```
     pub fn run<R>(&self, store: T, f: impl FnOnce() -> R) -> R {
         let key = self.write_key();
-        let value = Value::new(Arc::new(store));
+        // Released with `Value::recycle` when the scope ends: with the scope's store no longer
+        // referenced, the next `run` on this thread reuses its allocation.
+        let value = Value::new_recycled(store, key as usize);
         with_state(|state| scoped(state, &self.key, key, Some(value), f))
     }
 
