@@ -14,7 +14,8 @@
 //! ```
 //!
 //! `shape_lifecycle` is also called by `shape_lifecycle_counting_hook`: subtract that one's count
-//! from it. Run without valgrind, it runs every shape and prints nothing.
+//! from it. The `tracing_registry` shapes are tracing's `#[instrument]` with a
+//! `tracing_subscriber` registry, the peer of the counting-hook shapes. Run without valgrind, it runs every shape and prints nothing.
 
 use std::future::Future;
 use std::hint::black_box;
@@ -188,10 +189,19 @@ fn shape_tokio_sync_scope(rounds: u64) {
     }
 }
 
+/// Runs each shape after its warm-up (ids, type registration, the thread's hook table, the
+/// subscriber's span slab).
+fn run_shapes(shapes: &[fn(u64)]) {
+    for shape in shapes {
+        shape(10);
+        shape(ROUNDS);
+    }
+}
+
 fn main() {
     // Criterion's flags (`--bench`, filters) are accepted and ignored: every shape always runs,
     // in well under a second.
-    let shapes: &[fn(u64)] = &[
+    run_shapes(&[
         shape_lifecycle_plain,
         shape_lifecycle_tokio_scope,
         shape_lifecycle,
@@ -203,21 +213,13 @@ fn main() {
         shape_tokio_with_in_sync_scope,
         shape_run,
         shape_tokio_sync_scope,
-    ];
-    for shape in shapes {
-        // The warm-up: ids, type registration, the thread's hook table.
-        shape(10);
-        shape(ROUNDS);
-    }
-    // tracing's peers, with a registry subscriber: the shapes then count only what each span
-    // costs, not the subscriber's construction.
+    ]);
+    // tracing's peers, under a registry subscriber made once: the shapes then count only what
+    // each span costs, not the subscriber's construction.
     tracing::subscriber::with_default(tracing_subscriber::registry(), || {
-        for shape in [
+        run_shapes(&[
             shape_lifecycle_tracing_registry,
             shape_repoll_tracing_registry,
-        ] {
-            shape(10);
-            shape(ROUNDS);
-        }
+        ])
     });
 }
