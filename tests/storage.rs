@@ -275,6 +275,39 @@ fn stores_are_freed_when_the_last_frame_holding_them_goes() {
 }
 
 #[test]
+fn each_run_drops_its_store_when_it_ends_and_kept_stores_stay_intact() {
+    // `run` reuses the allocation of the thread's previous store of the storage when nothing
+    // else holds that store: every store must still be dropped when its `run` ends, and one that
+    // is still held must never be overwritten by a later `run`.
+    let live = Arc::new(AtomicUsize::new(0));
+    let store = AsyncLocalStorage::new();
+    let mut kept = Vec::new();
+    for i in 0..20 {
+        let seen = store.run(Tracked::new(&live, i), || {
+            // A nested `run` of the same storage, and one of another storage with the same
+            // layout, in between.
+            store.run(Tracked::new(&live, 100 + i), || {
+                assert_eq!(store.with_store(|t| t.map(|t| t.1)), Some(100 + i))
+            });
+            let other = AsyncLocalStorage::new();
+            other.run(Tracked::new(&live, 200 + i), || {
+                assert_eq!(other.with_store(|t| t.map(|t| t.1)), Some(200 + i))
+            });
+            if i % 3 == 0 {
+                kept.push(store.get_store().expect("in run"));
+            }
+            store.with_store(|t| t.map(|t| t.1))
+        });
+        assert_eq!(seen, Some(i));
+        assert_eq!(live.load(Ordering::SeqCst), kept.len(), "after run {i}");
+    }
+    let values: Vec<u32> = kept.iter().map(|t| t.1).collect();
+    assert_eq!(values, [0, 3, 6, 9, 12, 15, 18]);
+    drop(kept);
+    assert_eq!(live.load(Ordering::SeqCst), 0);
+}
+
+#[test]
 fn snapshot_returns_the_captured_store_inside_another_run() {
     let store = AsyncLocalStorage::new();
     let other = AsyncLocalStorage::new();
