@@ -939,15 +939,37 @@ fn dispatch(kind: Kind, async_id: AsyncId, deliver: impl Fn(&Callbacks)) {
             // No guard puts `outer` back: nothing unwinds out of here (a panicking callback is
             // fatal, below), so the store at the end always runs, before `event` goes.
             state.dispatching.set(&event);
-            for hook in list {
-                let result = panic::catch_unwind(AssertUnwindSafe(|| deliver(&hook.callbacks)));
-                if let Err(payload) = result {
-                    fatal(kind, async_id, panic_message(&*payload));
-                }
+            if let [hook] = list {
+                // The common case, one hook for the kind: no loop state to keep across the call.
+                deliver_to(kind, async_id, &deliver, hook);
+            } else {
+                deliver_to_each(kind, async_id, &deliver, list);
             }
             state.dispatching.set(outer);
         })
     });
+}
+
+/// Delivers an event to one hook; a panicking callback is fatal.
+#[inline(always)]
+fn deliver_to(kind: Kind, async_id: AsyncId, deliver: &impl Fn(&Callbacks), hook: &HookInner) {
+    let result = panic::catch_unwind(AssertUnwindSafe(|| deliver(&hook.callbacks)));
+    if let Err(payload) = result {
+        fatal(kind, async_id, panic_message(&*payload));
+    }
+}
+
+/// Delivers an event to several hooks, in enable order.
+#[inline(never)]
+fn deliver_to_each(
+    kind: Kind,
+    async_id: AsyncId,
+    deliver: &impl Fn(&Callbacks),
+    list: &[Arc<HookInner>],
+) {
+    for hook in list {
+        deliver_to(kind, async_id, deliver, hook);
+    }
 }
 
 fn panic_message(payload: &(dyn std::any::Any + Send)) -> &str {
