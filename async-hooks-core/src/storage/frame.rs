@@ -219,7 +219,7 @@ impl Drop for Value {
 }
 
 /// The number of slots in a thread's [`Recycled`] cache.
-pub(crate) const RECYCLED_SLOTS: usize = 8;
+const RECYCLED_SLOTS: usize = 8;
 
 /// Store allocations that `run` scopes left on this thread when they ended with the only
 /// reference to their store: the value is dropped in place when the scope ends, as before, and
