@@ -49,36 +49,48 @@ pin_project_lite::pin_project! {
     /// ```
     #[must_use = "futures do nothing unless polled"]
     pub struct Instrumented<F> {
-        // Dropped by hand, inside the resource's context: when the poll that returns `Ready`
-        // ends, or when the wrapper is dropped. `identity`'s finished flag says which, so no
-        // `Option` tag is needed.
+        // The resource and its future in one field, whose own `Drop` ends them: a plain
+        // `#[inline]` drop. pin-project-lite's `PinnedDrop` wraps the body in a function that
+        // takes no attributes, which LLVM left out of line in some builds (a call more per
+        // lifecycle).
         #[pin]
-        inner: ManuallyDrop<F>,
-        identity: Identity,
-        // The resource's storage frame; during a poll the thread points at it (and an
-        // `enter_with` inside replaces it, for the rest of the future's life).
-        frame: Frame,
+        running: Running<F>,
     }
+}
 
-    impl<F> PinnedDrop for Instrumented<F> {
-        fn drop(this: Pin<&mut Self>) {
-            let this = this.project();
-            // `destroy` comes after the inner future is dropped, and from a guard, so that it is
-            // emitted exactly once even if that drop panics.
-            let _destroy = DestroyOnDrop(this.identity.async_id);
-            if !this.identity.is_finished() {
-                this.identity.set_finished();
-                with_state(|state| {
-                    let _entered = Entered::<false>::enter(state, this.identity, this.frame);
-                    // SAFETY: the inner future was not dropped yet (not finished) and is never
-                    // touched again (now finished); dropping a pinned value in place keeps the
-                    // pinning guarantee.
-                    #[allow(unsafe_code)]
-                    unsafe {
-                        ManuallyDrop::drop(this.inner.get_unchecked_mut())
-                    };
-                });
-            }
+/// An instrumented future's resource and the future itself.
+///
+/// Only `future` is structurally pinned: it is polled and dropped in place, never moved. The
+/// identity and the frame are never pinned (a poll may replace the frame).
+struct Running<F> {
+    // Dropped by hand, inside the resource's context: when the poll that returns `Ready` ends,
+    // or when the wrapper is dropped. `identity`'s finished flag says which, so no `Option` tag
+    // is needed.
+    future: ManuallyDrop<F>,
+    identity: Identity,
+    // The resource's storage frame; during a poll the thread points at it (and an `enter_with`
+    // inside replaces it, for the rest of the future's life).
+    frame: Frame,
+}
+
+impl<F> Drop for Running<F> {
+    #[inline]
+    fn drop(&mut self) {
+        // `destroy` comes after the future is dropped, and from a guard, so that it is emitted
+        // exactly once even if that drop panics.
+        let _destroy = DestroyOnDrop(self.identity.async_id);
+        if !self.identity.is_finished() {
+            self.identity.set_finished();
+            with_state(|state| {
+                let _entered = Entered::<false>::enter(state, &self.identity, &mut self.frame);
+                // SAFETY: the future was not dropped yet (not finished) and is never touched
+                // again (now finished); dropping a pinned value in place, before its memory
+                // goes, keeps the pinning guarantee.
+                #[allow(unsafe_code)]
+                unsafe {
+                    ManuallyDrop::drop(&mut self.future)
+                };
+            });
         }
     }
 }
@@ -105,9 +117,11 @@ impl<F> Instrumented<F> {
     fn create(state: &ThreadState, ty: &'static ResourceType, future: F) -> Instrumented<F> {
         let frame = state.capture_frame();
         Instrumented {
-            inner: ManuallyDrop::new(future),
-            identity: Identity::create(state, ty, None),
-            frame,
+            running: Running {
+                future: ManuallyDrop::new(future),
+                identity: Identity::create(state, ty, None),
+                frame,
+            },
         }
     }
 
@@ -120,7 +134,7 @@ impl<F> Instrumented<F> {
     /// assert!(fut.async_id() > AsyncId::ROOT);
     /// ```
     pub fn async_id(&self) -> crate::AsyncId {
-        self.identity.async_id
+        self.running.identity.async_id
     }
 
     /// The id of the execution that created this resource.
@@ -131,7 +145,7 @@ impl<F> Instrumented<F> {
     /// assert_eq!(async { 1 }.bind_context().trigger_async_id(), AsyncId::ROOT);
     /// ```
     pub fn trigger_async_id(&self) -> crate::AsyncId {
-        self.identity.trigger_id
+        self.running.identity.trigger_id
     }
 }
 
@@ -140,28 +154,29 @@ impl<F: Future> Future for Instrumented<F> {
 
     #[inline]
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
-        let this = self.project();
-        if this.identity.is_finished() {
+        // SAFETY: of `Running`'s fields only `future` is structurally pinned, and it is only
+        // ever polled and dropped in place, through the pin made below (see `Running`).
+        #[allow(unsafe_code)]
+        let running = unsafe { self.project().running.get_unchecked_mut() };
+        if running.identity.is_finished() {
             panic!("`Instrumented` future polled after it returned `Poll::Ready`");
         }
-        let mut inner = this.inner;
+        let future = &mut running.future;
         with_state(|state| {
-            let _entered = Entered::<true>::enter(state, this.identity, this.frame);
-            // SAFETY: pin projection through `ManuallyDrop`, which is `repr(transparent)`: the
-            // future is never moved out, and is dropped in place (below or in `PinnedDrop`).
+            let _entered = Entered::<true>::enter(state, &running.identity, &mut running.frame);
+            // SAFETY: pinned in place (see above); `ManuallyDrop` is `repr(transparent)`.
             #[allow(unsafe_code)]
-            let future = unsafe { inner.as_mut().map_unchecked_mut(|f| &mut **f) };
-            let poll = future.poll(cx);
+            let poll = unsafe { Pin::new_unchecked(&mut **future) }.poll(cx);
             if poll.is_ready() {
-                hooks::emit_id(Kind::PromiseResolve, this.identity.async_id);
+                hooks::emit_id(Kind::PromiseResolve, running.identity.async_id);
                 // Drop the finished state machine now, inside the resource's context. Marked
                 // first, so that a panicking destructor is not run twice.
-                this.identity.set_finished();
+                running.identity.set_finished();
                 // SAFETY: not dropped before (it was just polled), never touched again (now
                 // finished); dropped in place, as pinning requires.
                 #[allow(unsafe_code)]
                 unsafe {
-                    ManuallyDrop::drop(inner.get_unchecked_mut())
+                    ManuallyDrop::drop(future)
                 };
             }
             poll
@@ -172,9 +187,9 @@ impl<F: Future> Future for Instrumented<F> {
 impl<F> fmt::Debug for Instrumented<F> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Instrumented")
-            .field("type", &self.identity.ty().name())
-            .field("async_id", &self.identity.async_id)
-            .field("trigger_async_id", &self.identity.trigger_id)
+            .field("type", &self.running.identity.ty().name())
+            .field("async_id", &self.running.identity.async_id)
+            .field("trigger_async_id", &self.running.identity.trigger_id)
             .finish_non_exhaustive()
     }
 }
