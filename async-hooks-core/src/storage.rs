@@ -21,8 +21,8 @@ use crate::context::{ThreadState, with_state};
 mod frame;
 
 use frame::FrameRef;
-use frame::Value;
 pub(crate) use frame::{Frame, FrameCell, FrameData};
+use frame::{FreshValue, Value};
 
 /// Storage keys are handed out once and never reused; `disable()` retires a storage's key, so
 /// every frame holding the old key stops showing it at once.
@@ -104,7 +104,7 @@ fn scoped<R>(
     state: &ThreadState,
     storage_key: &AtomicU64,
     key: u64,
-    value: Option<Value>,
+    value: Option<FreshValue>,
     f: impl FnOnce() -> R,
 ) -> R {
     let restore = |current: &Frame, previous: FrameRef<'_>| {

@@ -38,7 +38,8 @@ struct ValueOps {
     release: unsafe fn(NonNull<()>),
     /// Releases a reference; if it was the last, drops the value in place and keeps the
     /// allocation in this thread's [`Recycled`] cache (at the given slot) for the next `run`.
-    recycle: unsafe fn(NonNull<()>, usize),
+    /// With `true`, the caller knows it is the last (see [`Value::recycle_unshared`]).
+    recycle: unsafe fn(NonNull<()>, usize, bool),
     /// Frees a cached allocation, whose value was already dropped.
     free_empty: unsafe fn(NonNull<()>),
     type_id: fn() -> TypeId,
@@ -63,11 +64,19 @@ impl<T: Send + Sync + 'static> OpsOf<T> {
 
     /// # Safety
     ///
-    /// As for `release`.
-    unsafe fn recycle(data: NonNull<()>, slot: usize) {
+    /// As for `release`; with `unshared`, also that no other strong or weak reference to the
+    /// store exists.
+    unsafe fn recycle(data: NonNull<()>, slot: usize, unshared: bool) {
         // SAFETY: per the caller, the reference is ours to release.
         let mut store = unsafe { Arc::from_raw(data.cast::<T>().as_ptr().cast_const()) };
-        if Arc::get_mut(&mut store).is_none() {
+        if unshared {
+            // The caller's proof replaces the locked check; debug builds (every test, Miri
+            // included) check it anyway.
+            debug_assert!(
+                Arc::get_mut(&mut store).is_some(),
+                "a store said to be unshared has other references"
+            );
+        } else if Arc::get_mut(&mut store).is_none() {
             // Shared, or a `Weak` exists: released as usual.
             return;
         }
@@ -133,7 +142,7 @@ impl Value {
     /// thread's [`Recycled`] cache when it has `T`'s layout (else a new `Arc`). Release it with
     /// [`Value::recycle`] to put its allocation back.
     #[inline]
-    pub(crate) fn new_recycled<T: Send + Sync + 'static>(store: T, slot: usize) -> Value {
+    pub(crate) fn new_recycled<T: Send + Sync + 'static>(store: T, slot: usize) -> FreshValue {
         match Recycled::take(slot, size_of::<T>(), align_of::<T>()) {
             Some(data) => {
                 // SAFETY: a cached allocation is the only reference to an `Arc` allocation of a
@@ -141,12 +150,12 @@ impl Value {
                 // (`Arc::from_raw` accepts a pointer from an `Arc` of the same layout), whose
                 // one strong reference passes to the result.
                 unsafe { data.cast::<T>().as_ptr().write(store) };
-                Value {
+                FreshValue(Value {
                     data,
                     ops: OpsOf::<T>::OPS,
-                }
+                })
             }
-            None => Value::new(Arc::new(store)),
+            None => FreshValue::new(store),
         }
     }
 
@@ -157,7 +166,22 @@ impl Value {
     pub(crate) fn recycle(self, slot: usize) {
         let this = std::mem::ManuallyDrop::new(self);
         // SAFETY: the reference `this` owns, released once, here (it is not dropped).
-        unsafe { (this.ops.recycle)(this.data, slot) }
+        unsafe { (this.ops.recycle)(this.data, slot, false) }
+    }
+
+    /// [`Value::recycle`] without the locked check that this is the last reference (a
+    /// `compare_exchange` on the weak count, as `Arc::get_mut` does): the caller knows it.
+    ///
+    /// # Safety
+    ///
+    /// No other strong or weak reference to the store may exist: no `Value` clone, no `Arc`
+    /// from [`Value::to_arc`] and no `Weak` made from one. [`Recycled::shares`] is how `run`
+    /// knows.
+    #[inline]
+    pub(crate) unsafe fn recycle_unshared(self, slot: usize) {
+        let this = std::mem::ManuallyDrop::new(self);
+        // SAFETY: the reference `this` owns, released once, here; the last one, per the caller.
+        unsafe { (this.ops.recycle)(this.data, slot, true) }
     }
 
     /// Whether the store is a `T`.
@@ -183,6 +207,7 @@ impl Value {
     /// The store must be a `T` (see [`Value::is`]).
     #[inline]
     pub(crate) unsafe fn to_arc<T>(&self) -> Arc<T> {
+        Recycled::count_share();
         let data = self.data.cast::<T>().as_ptr().cast_const();
         // SAFETY: per the caller `data` came from `Arc::<T>::into_raw`, alive through `self`;
         // the new strong reference is the result's.
@@ -200,8 +225,26 @@ impl Value {
     }
 }
 
+/// A store's only reference: a [`Value`] made just now and not cloned yet, which is what lets
+/// [`FrameCell::run_with_entry`] prove at its end, from [`Recycled::shares`] alone, that its
+/// store's reference is still the only one.
+pub(crate) struct FreshValue(Value);
+
+impl FreshValue {
+    /// A new store in a new `Arc`.
+    pub(crate) fn new<T: Send + Sync + 'static>(store: T) -> FreshValue {
+        FreshValue(Value::new(Arc::new(store)))
+    }
+
+    /// The value, as any other.
+    pub(crate) fn into_value(self) -> Value {
+        self.0
+    }
+}
+
 impl Clone for Value {
     fn clone(&self) -> Value {
+        Recycled::count_share();
         // SAFETY: `data` holds a strong reference of the type `ops` was made for.
         unsafe { (self.ops.retain)(self.data) };
         Value {
@@ -232,6 +275,14 @@ const RECYCLED_SLOTS: usize = 8;
 /// frees the slots at thread exit, and is armed by the first allocation kept.
 struct Recycled {
     slots: [Cell<Option<Empty>>; RECYCLED_SLOTS],
+    /// How many references this thread has added to stores ([`Value`] clones and
+    /// [`Value::to_arc`]), wrapping. A `run`'s store is reachable only through its stack frame,
+    /// which only this thread's cell points at, until something on this thread adds a reference
+    /// to it (a `get_store`, a capture promoting the frame, a frame built from it): when the
+    /// count is the same at the end of the `run` as before its store went in, the `run` holds the
+    /// only reference, with no `Weak` (made only from an `Arc` that `get_store` returned), and
+    /// needs no locked check to reuse the allocation.
+    shares: Cell<u64>,
     /// Whether the thread-exit release is registered and has not run yet: allocations are kept
     /// only then.
     armed: Cell<bool>,
@@ -248,6 +299,7 @@ thread_local! {
     static RECYCLED: Recycled = const {
         Recycled {
             slots: [const { Cell::new(None) }; RECYCLED_SLOTS],
+            shares: Cell::new(0),
             armed: Cell::new(false),
         }
     };
@@ -259,6 +311,19 @@ thread_local! {
 const _: () = assert!(!std::mem::needs_drop::<Recycled>());
 
 impl Recycled {
+    /// Counts a reference added to a store on this thread (see [`Recycled::shares`]).
+    #[inline(always)]
+    fn count_share() {
+        RECYCLED.with(|recycled| recycled.shares.set(recycled.shares.get().wrapping_add(1)));
+    }
+
+    /// The count of references this thread has added to stores: unchanged over a span of code,
+    /// nothing on this thread added one, so a store only this thread could reach has none.
+    #[inline(always)]
+    fn shares() -> u64 {
+        RECYCLED.with(|recycled| recycled.shares.get())
+    }
+
     /// Takes the allocation at `slot` if its layout is `size` and `align`.
     #[inline]
     fn take(slot: usize, size: usize, align: usize) -> Option<NonNull<()>> {
@@ -911,10 +976,13 @@ impl FrameCell {
     pub(crate) fn run_with_entry<R>(
         &self,
         key: u64,
-        value: Option<Value>,
+        value: Option<FreshValue>,
         f: impl FnOnce() -> R,
         restore: impl FnOnce(&Frame, FrameRef<'_>) -> Frame,
     ) -> R {
+        // Read before the store can be shared: `init_on_heap` already clones it.
+        let shares = Recycled::shares();
+        let value = value.map(FreshValue::into_value);
         let previous = self.raw.get();
         // SAFETY: the pointer is in the cell; its owner stays alive for this whole call: the
         // cell's own reference passes to `Leave` below, a lender or an outer stack frame is
@@ -933,6 +1001,7 @@ impl FrameCell {
             frame,
             previous,
             slot: key as usize,
+            shares,
             restore: Some(restore),
         };
         let result = f();
@@ -950,6 +1019,9 @@ struct Leave<'a, Restore: FnOnce(&Frame, FrameRef<'_>) -> Frame> {
     previous: *const FrameData,
     /// Where the scope's store goes in the thread's [`Recycled`] cache (the storage's key).
     slot: usize,
+    /// [`Recycled::shares`] before the scope's store went in: still the same at the end, the
+    /// store was never shared.
+    shares: u64,
     restore: Option<Restore>,
 }
 
@@ -1011,7 +1083,16 @@ impl<Restore: FnOnce(&Frame, FrameRef<'_>) -> Frame> Drop for Leave<'_, Restore>
             value
         };
         if let Some(value) = value {
-            value.recycle(self.slot);
+            if Recycled::shares() == self.shares {
+                // SAFETY: the store was fresh when the scope began (`run_with_entry` takes a
+                // `FreshValue`) and nothing on this thread has added a reference to any store
+                // since. Only this thread could reach it: through the stack frame, which only
+                // this thread's cell pointed at, and through bitwise copies of its entry in
+                // nested stack frames, which hold no reference and ended before this scope.
+                unsafe { value.recycle_unshared(self.slot) };
+            } else {
+                value.recycle(self.slot);
+            }
         }
     }
 }
@@ -1448,10 +1529,18 @@ mod tests {
     fn stacked<R>(
         cell: &FrameCell,
         key: u64,
-        value: Option<Option<Value>>,
+        value: Option<FreshValue>,
         f: impl FnOnce() -> R,
     ) -> R {
-        cell.run_with_entry(key, value.unwrap(), f, restore_key(key))
+        cell.run_with_entry(key, value, f, restore_key(key))
+    }
+
+    fn fresh(v: u64) -> Option<FreshValue> {
+        Some(FreshValue::new(v))
+    }
+
+    fn fresh_counted(drops: &Arc<AtomicUsize>) -> Option<FreshValue> {
+        Some(FreshValue::new(Counted(drops.clone())))
     }
 
     fn current(cell: &FrameCell, key: u64) -> Option<u64> {
@@ -1470,16 +1559,16 @@ mod tests {
         let cell = FrameCell::new();
         cell.set(Frame::EMPTY.with(3, value(30)).with(1, value(10)));
         let before = cell.raw.get();
-        stacked(&cell, 2, value(20), || {
+        stacked(&cell, 2, fresh(20), || {
             assert_eq!(cell.raw.get().addr() & TAGS, STACK);
             assert_eq!(
                 [1, 2, 3].map(|key| current(&cell, key)),
                 [Some(10), Some(20), Some(30)]
             );
             // Nested: one over a stack frame, replacing an entry, then adding a counted one.
-            stacked(&cell, 1, value(11), || {
+            stacked(&cell, 1, fresh(11), || {
                 assert_eq!(current(&cell, 1), Some(11));
-                stacked(&cell, 4, counted(&drops), || {
+                stacked(&cell, 4, fresh_counted(&drops), || {
                     assert_eq!(cell.get().view().entries.len(), 4);
                     assert_eq!(current(&cell, 2), Some(20));
                 });
@@ -1497,7 +1586,7 @@ mod tests {
     fn stack_frame_is_promoted_once_and_what_captured_it_keeps_its_stores() {
         let drops = Arc::new(AtomicUsize::new(0));
         let cell = FrameCell::new();
-        let (first, second) = stacked(&cell, 1, counted(&drops), || {
+        let (first, second) = stacked(&cell, 1, fresh_counted(&drops), || {
             let first = cell.get();
             assert_eq!(cell.raw.get(), first.as_ptr());
             let second = cell.get();
@@ -1518,7 +1607,7 @@ mod tests {
         let drops = Arc::new(AtomicUsize::new(0));
         let cell = FrameCell::new();
         let mut resource = Frame::EMPTY.with(9, value(90));
-        stacked(&cell, 1, counted(&drops), || {
+        stacked(&cell, 1, fresh_counted(&drops), || {
             // Enter and leave a resource, as a poll does: the stack frame stays in place.
             let previous = cell.enter(&resource);
             assert_eq!(current(&cell, 9), Some(90));
@@ -1566,7 +1655,7 @@ mod tests {
             "a lend of it owns nothing to give back"
         );
         // A `run` inside stacks on it and puts it back as it was.
-        stacked(&cell, 1, counted(&drops), || {
+        stacked(&cell, 1, fresh_counted(&drops), || {
             assert!(cell.get().lookup(1).is_some())
         });
         assert_eq!(cell.raw.get().addr(), LENT);
@@ -1603,7 +1692,7 @@ mod tests {
         let drops = Arc::new(AtomicUsize::new(0));
         let cell = FrameCell::new();
         cell.set(Frame::EMPTY.with(1, counted(&drops)));
-        stacked(&cell, 2, counted(&drops), || {
+        stacked(&cell, 2, fresh_counted(&drops), || {
             // An `enter_with` of another storage inside.
             let taken = cell.take();
             cell.set(taken.with(3, value(30)));
@@ -1630,9 +1719,9 @@ mod tests {
         cell.set(Frame::EMPTY.with(1, counted(&drops)));
         {
             let lent = cell.lend();
-            stacked(&cell, 2, value(20), || {
+            stacked(&cell, 2, fresh(20), || {
                 assert!(present(&cell, 1));
-                stacked(&cell, 3, value(30), || {
+                stacked(&cell, 3, fresh(30), || {
                     let taken = cell.take();
                     cell.set(taken.with(4, value(40)));
                 });
@@ -1654,7 +1743,7 @@ mod tests {
         let drops = Arc::new(AtomicUsize::new(0));
         let cell = FrameCell::new();
         let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            stacked(&cell, 1, counted(&drops), || {
+            stacked(&cell, 1, fresh_counted(&drops), || {
                 let _captured = cell.get();
                 panic!("inside run");
             })
@@ -1670,12 +1759,12 @@ mod tests {
         let cell = FrameCell::new();
         cell.set((1..=STACK_ENTRIES as u64).fold(Frame::EMPTY, |f, key| f.with(key, value(key))));
         // Replacing an entry still fits; a new one does not.
-        stacked(&cell, 1, value(100), || {
+        stacked(&cell, 1, fresh(100), || {
             assert_eq!(cell.raw.get().addr() & TAGS, STACK);
             assert_eq!(current(&cell, 1), Some(100));
         });
         let before = cell.raw.get();
-        stacked(&cell, 99, counted(&drops), || {
+        stacked(&cell, 99, fresh_counted(&drops), || {
             assert_eq!(cell.raw.get().addr() & TAGS, 0);
             assert!(present(&cell, 99));
             let captured = cell.get();
@@ -1687,7 +1776,7 @@ mod tests {
         assert_ne!(cell.raw.get(), before);
         assert!(!present(&cell, 99) && present(&cell, 0) && present(&cell, 4));
         assert_eq!(drops.load(Ordering::SeqCst), 1);
-        stacked(&cell, 98, counted(&drops), || ());
+        stacked(&cell, 98, fresh_counted(&drops), || ());
         assert!(!present(&cell, 98));
         assert_eq!(drops.load(Ordering::SeqCst), 2);
         cell.set(Frame::EMPTY);
@@ -1735,17 +1824,17 @@ mod tests {
     fn a_recycled_allocation_is_reused_for_the_same_layout_and_its_values_dropped() {
         on_new_thread(|| {
             let drops = Arc::new(AtomicUsize::new(0));
-            let first = Value::new_recycled(Counted(drops.clone()), 3);
+            let first = Value::new_recycled(Counted(drops.clone()), 3).into_value();
             let data = first.data;
             first.recycle(3);
             assert_eq!(drops.load(Ordering::SeqCst), 1, "dropped when released");
             assert_eq!(cached(3), Some(data));
             // The same type, then another of the same layout, in the same allocation.
-            let second = Value::new_recycled(Counted(drops.clone()), 3);
+            let second = Value::new_recycled(Counted(drops.clone()), 3).into_value();
             assert_eq!((second.data, cached(3)), (data, None));
             second.recycle(3);
             assert_eq!(drops.load(Ordering::SeqCst), 2);
-            let number = Value::new_recycled(7u64, 3);
+            let number = Value::new_recycled(7u64, 3).into_value();
             assert_eq!(
                 (number.data, number.downcast_ref::<u64>()),
                 (data, Some(&7))
@@ -1757,9 +1846,9 @@ mod tests {
             assert_eq!((*kept, cached(3)), (7, None));
             drop(kept);
             // A layout that differs leaves the cached allocation where it is.
-            Value::new_recycled(1u64, 3).recycle(3);
+            Value::new_recycled(1u64, 3).into_value().recycle(3);
             let cached_u64 = cached(3).expect("recycled");
-            let small = Value::new_recycled(9u32, 3);
+            let small = Value::new_recycled(9u32, 3).into_value();
             assert_ne!(small.data, cached_u64);
             assert_eq!(small.downcast_ref::<u32>(), Some(&9));
             // The slot is taken: this one is freed instead (the thread's exit frees the other).
@@ -1772,7 +1861,7 @@ mod tests {
     fn a_store_with_a_weak_reference_is_released_not_recycled() {
         on_new_thread(|| {
             let drops = Arc::new(AtomicUsize::new(0));
-            let value = Value::new_recycled(Counted(drops.clone()), 4);
+            let value = Value::new_recycled(Counted(drops.clone()), 4).into_value();
             // SAFETY: the store is a `Counted`.
             let weak = Arc::downgrade(&unsafe { value.to_arc::<Counted>() });
             value.recycle(4);
@@ -1786,7 +1875,7 @@ mod tests {
     fn a_store_released_on_another_thread_meanwhile_is_dropped_once() {
         on_new_thread(|| {
             let drops = Arc::new(AtomicUsize::new(0));
-            let value = Value::new_recycled(Counted(drops.clone()), 5);
+            let value = Value::new_recycled(Counted(drops.clone()), 5).into_value();
             // SAFETY: the store is a `Counted`.
             let other = unsafe { value.to_arc::<Counted>() };
             std::thread::scope(|scope| {
@@ -1806,11 +1895,69 @@ mod tests {
             }
         }
         on_new_thread(|| {
-            let value = Value::new_recycled(Panics, 6);
+            let value = Value::new_recycled(Panics, 6).into_value();
             let result =
                 std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| value.recycle(6)));
             assert!(result.is_err());
             assert_eq!(cached(6), None);
+        });
+    }
+
+    /// A scope's store that nothing shared is recycled without the locked check (debug builds
+    /// still make it, and fail if the store was shared); one that was shared on this thread (an
+    /// `Arc` handed out, a promoted frame kept) is left to its other holders.
+    #[test]
+    fn a_scope_recycles_its_store_only_when_this_thread_never_shared_it() {
+        on_new_thread(|| {
+            let cell = FrameCell::new();
+            let drops = Arc::new(AtomicUsize::new(0));
+            // As `run` makes its stores: in the allocation cached at the storage's slot.
+            let store = || Some(Value::new_recycled(Counted(drops.clone()), 2));
+            // Unshared: read by reference only, then recycled.
+            stacked(&cell, 2, store(), || {
+                assert!(present(&cell, 2));
+            });
+            assert_eq!(drops.load(Ordering::SeqCst), 1);
+            let recycled = cached(2).expect("recycled");
+
+            // Shared through an `Arc`, as `get_store` hands out: the allocation stays with it.
+            let kept = stacked(&cell, 2, store(), || {
+                // SAFETY: the lookup and the clone run no code that touches the cell.
+                unsafe {
+                    cell.peek(|frame| {
+                        frame
+                            .lookup(2)
+                            .unwrap()
+                            .value
+                            .as_ref()
+                            .unwrap()
+                            .to_arc::<Counted>()
+                    })
+                }
+            });
+            assert_eq!(drops.load(Ordering::SeqCst), 1, "still held by the `Arc`");
+            assert_eq!(cached(2), None, "the kept store's allocation is not reused");
+            assert_eq!(NonNull::from(&*kept).cast::<()>(), recycled);
+            drop(kept);
+            assert_eq!(drops.load(Ordering::SeqCst), 2);
+
+            // Shared through a promoted frame kept past the scope.
+            let captured = stacked(&cell, 2, store(), || cell.get());
+            assert_eq!(
+                drops.load(Ordering::SeqCst),
+                2,
+                "still held by the captured frame"
+            );
+            assert!(captured.lookup(2).is_some());
+            drop(captured);
+            assert_eq!(drops.load(Ordering::SeqCst), 3);
+
+            // A share of another store also counts: the check is made, and the store recycled.
+            let other = FreshValue::new(5u64).into_value();
+            stacked(&cell, 2, store(), || drop(other.clone()));
+            assert_eq!(drops.load(Ordering::SeqCst), 4);
+            assert!(cached(2).is_some());
+            assert!(cell.take().ptr_eq(&Frame::EMPTY));
         });
     }
 }
