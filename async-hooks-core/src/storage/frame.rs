@@ -1078,7 +1078,7 @@ impl<Restore: FnOnce(&Frame, FrameRef<'_>) -> Frame> Drop for Leave<'_, Restore>
         // dropped once, here (its own store first taken out, to be recycled after the heap copy,
         // if any, has released its reference).
         let value = unsafe {
-            let value = (*self.frame).value.take();
+            let value = take_field_by_field(&raw mut (*self.frame).value);
             ptr::drop_in_place(self.frame);
             value
         };
@@ -1094,6 +1094,29 @@ impl<Restore: FnOnce(&Frame, FrameRef<'_>) -> Frame> Drop for Leave<'_, Restore>
                 value.recycle(self.slot);
             }
         }
+    }
+}
+
+/// Moves the value out of `slot`, leaving `None`, with one 8-byte load per field.
+///
+/// `Option::take` moved it with one 16-byte load, which the CPU cannot forward from the two
+/// 8-byte stores that wrote it when the scope began: a store-forwarding stall that perf
+/// showed as a third of a short `run`.
+///
+/// # Safety
+///
+/// `slot` must be valid for reads and writes.
+#[inline(always)]
+unsafe fn take_field_by_field(slot: *mut Option<Value>) -> Option<Value> {
+    // SAFETY: per the caller. The copy takes over the reference; `None` is written over the
+    // original without dropping it, so the reference is released once, by the copy.
+    unsafe {
+        let value = (*slot).as_ref().map(|v| Value {
+            data: v.data,
+            ops: v.ops,
+        });
+        slot.write(None);
+        value
     }
 }
 
