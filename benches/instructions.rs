@@ -167,6 +167,15 @@ fn shape_with_store_in_run(rounds: u64) {
 }
 
 #[inline(never)]
+fn shape_get_store_in_run(rounds: u64) {
+    STORE.run(1, || {
+        for _ in 0..rounds {
+            black_box(STORE.get_store());
+        }
+    })
+}
+
+#[inline(never)]
 fn shape_tokio_with_in_sync_scope(rounds: u64) {
     TASK_LOCAL.sync_scope(1, || {
         for _ in 0..rounds {
@@ -210,6 +219,7 @@ fn main() {
         shape_repoll,
         shape_repoll_counting_hook,
         shape_with_store_in_run,
+        shape_get_store_in_run,
         shape_tokio_with_in_sync_scope,
         shape_run,
         shape_tokio_sync_scope,
