@@ -373,9 +373,11 @@ impl<T: Send + Sync + 'static> AsyncLocalStorage<T> {
     /// Cost: the store goes into an `Arc` (which `get_store` hands out), usually without
     /// allocating: when a `run` ends holding the only reference to its store, the store is
     /// dropped there as always, but its allocation stays with the thread for the next `run` of
-    /// the storage there (at most eight kept per thread, freed when the thread exits). The new
-    /// context is built on this call's stack while it holds at most four storages, and copied to
-    /// the heap once only if something created inside keeps it.
+    /// the storage there (at most eight kept per thread, freed when the thread exits). Proving
+    /// that reference is the only one takes no atomic operation when nothing on this thread
+    /// shared any store during the `run` (no `get_store`, no capture), and one otherwise. The
+    /// new context is built on this call's stack while it holds at most four storages, and
+    /// copied to the heap once only if something created inside keeps it.
     ///
     /// ```
     /// # use async_hooks::AsyncLocalStorage;
