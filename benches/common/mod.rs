@@ -28,6 +28,12 @@ pub fn counting_hook() -> AsyncHook {
 }
 
 /// Polls `fut` with a no-op waker until it is ready.
+///
+/// Inlined into every bench, as in `instructions.rs`: out of line, whether LLVM inlined it
+/// decided whether the freshly built future was copied into it (with 16-byte loads of fields
+/// just written with 8-byte stores: a store-forwarding stall), and so which lifecycle rows paid
+/// that stall. In one build tokio's `scope` did and ours did not, in the next the reverse.
+#[inline(always)]
 pub fn poll_to_ready<F: Future>(fut: F) -> F::Output {
     let mut fut = std::pin::pin!(fut);
     let mut cx = Context::from_waker(Waker::noop());
