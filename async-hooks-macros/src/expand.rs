@@ -176,8 +176,22 @@ pub(crate) fn async_resource(args: TokenStream, item: TokenStream) -> syn::Resul
         },
     );
     fn_body.set_span(brace.join());
+    // Like a plain `async fn`'s, the call only builds the future. Inlinable (also across
+    // crates), the caller builds it where it is then polled; out of line, LLVM often built it in
+    // a temporary and copied it there, with 16-byte loads of fields just written with 8-byte
+    // stores: a store-forwarding stall that was most of a lifecycle's time (BENCHMARKS.md). The
+    // user's own choice wins.
+    let user_inlining = attrs
+        .iter()
+        .any(|attr| attr.path().is_ident("inline") || attr.path().is_ident("cold"));
+    let inline = if user_inlining {
+        quote!()
+    } else {
+        quote!(#[inline])
+    };
     Ok(quote! {
         #(#attrs)*
+        #inline
         #vis #defaultness #sig #fn_body
     })
 }
@@ -295,4 +309,31 @@ fn bind_closure(
             move |#(#params),*| __async_hooks_r.run_in_async_scope(|| closure(#(#args),*))
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn expand(item: &str) -> String {
+        let item = item.parse().expect("valid tokens");
+        async_resource(TokenStream::new(), item)
+            .expect("expands")
+            .to_string()
+    }
+
+    #[test]
+    fn the_generated_fn_is_inline_unless_it_chose_its_own_inlining() {
+        assert_eq!(expand("async fn f() {}").matches("# [inline]").count(), 1);
+        for own in ["#[inline(never)]", "#[inline(always)]", "#[inline]"] {
+            let expanded = expand(&format!("{own} async fn f() {{}}"));
+            assert_eq!(
+                expanded.matches("# [inline").count(),
+                1,
+                "{own}: {expanded}"
+            );
+        }
+        let cold = expand("#[cold] async fn f() {}");
+        assert!(!cold.contains("inline"), "{cold}");
+    }
 }

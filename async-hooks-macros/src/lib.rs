@@ -30,6 +30,10 @@ mod validate;
 /// Options: `type = "DBQuery"` (the resource type name; default: the function's name) and
 /// `crate = path` (where `async-hooks` is; default `::async_hooks`).
 ///
+/// The generated fn is `#[inline]` unless it has an `#[inline(…)]` or `#[cold]` attribute of its
+/// own: like a plain `async fn`'s call, it only builds the future, which the caller can then
+/// build in place instead of copying it.
+///
 /// ```
 /// use async_hooks::{async_resource, execution_async_resource};
 ///

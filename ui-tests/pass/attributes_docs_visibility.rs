@@ -33,6 +33,19 @@ mod inner {
 #[allow(unused_variables)]
 async fn unused_argument(x: u32) {}
 
+// An inlining attribute of the fn's own is kept (the macro adds `#[inline]` only to the others).
+#[async_resource]
+#[inline(never)]
+async fn never_inlined() -> u8 {
+    2
+}
+
+#[async_resource]
+#[cold]
+async fn cold() -> u8 {
+    3
+}
+
 #[async_resource]
 async fn underscore_argument(_x: u32, _: String) {}
 
@@ -42,4 +55,6 @@ fn main() {
     assert_eq!(block_on(inner::crate_visible()), 1);
     block_on(unused_argument(1));
     block_on(underscore_argument(1, String::new()));
+    assert_eq!(block_on(never_inlined()), 2);
+    assert_eq!(block_on(cold()), 3);
 }
