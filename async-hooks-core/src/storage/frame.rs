@@ -980,7 +980,8 @@ impl FrameCell {
         f: impl FnOnce() -> R,
         restore: impl FnOnce(&Frame, FrameRef<'_>) -> Frame,
     ) -> R {
-        // Read before the store can be shared: `init_on_heap` already clones it.
+        // Read before the frame is built, so that the count covers every share from here to
+        // the scope's end (building a heap frame instead clones the base's entries).
         let shares = Recycled::shares();
         let value = value.map(FreshValue::into_value);
         let previous = self.raw.get();
