@@ -20,6 +20,7 @@
 use std::future::Future;
 use std::hint::black_box;
 use std::pin::pin;
+use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
 
 use async_hooks::{AsyncLocalStorage, async_resource};
@@ -31,6 +32,12 @@ use common::counting_hook;
 const ROUNDS: u64 = 1000;
 
 static STORE: AsyncLocalStorage<u64> = AsyncLocalStorage::new();
+
+static SHARED: AsyncLocalStorage<Arc<String>> = AsyncLocalStorage::new();
+
+tokio::task_local! {
+    static SCOPED_ARC: Arc<String>;
+}
 
 tokio::task_local! {
     static TASK_LOCAL: u64;
@@ -115,6 +122,27 @@ fn shape_lifecycle_tokio_scope(rounds: u64) {
 fn shape_lifecycle(rounds: u64) {
     for i in 0..rounds {
         black_box(poll_to_ready(annotated(black_box(i))));
+    }
+}
+
+/// With one `Arc` storage value captured by every future (the value's reference count goes up
+/// at creation and down at drop). The `run` around the loop is two per 1 010 lifecycles.
+#[inline(never)]
+fn shape_lifecycle_arc_captured(rounds: u64) {
+    SHARED.run(Arc::new(String::from("request")), || {
+        for i in 0..rounds {
+            black_box(poll_to_ready(annotated(black_box(i))));
+        }
+    })
+}
+
+#[inline(never)]
+fn shape_lifecycle_tokio_scope_arc(rounds: u64) {
+    let value = Arc::new(String::from("request"));
+    for i in 0..rounds {
+        black_box(poll_to_ready(
+            SCOPED_ARC.scope(value.clone(), plain(black_box(i))),
+        ));
     }
 }
 
@@ -214,6 +242,8 @@ fn main() {
         shape_lifecycle_plain,
         shape_lifecycle_tokio_scope,
         shape_lifecycle,
+        shape_lifecycle_tokio_scope_arc,
+        shape_lifecycle_arc_captured,
         shape_lifecycle_counting_hook,
         shape_repoll_tokio_scope,
         shape_repoll,
