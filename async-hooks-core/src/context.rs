@@ -46,18 +46,29 @@ thread_local! {
     };
 }
 
-/// Runs `f` with this thread's state.
+/// This thread's state.
+///
+/// A reference rather than a closure argument (as [`with_state`] passes it), so that hot paths
+/// that must inline whole (a poll, a drop) have no closure body for LLVM to leave out of line.
 #[inline(always)]
-pub(crate) fn with_state<R>(f: impl FnOnce(&ThreadState) -> R) -> R {
+pub(crate) fn thread_state<'a>() -> &'a ThreadState {
     // Only the pointer is taken inside `with`, so that the access always inlines to a
     // thread-pointer-relative address (a large closure inside `with` made LLVM keep the generic
     // accessor call).
     let state = STATE.with(ptr::from_ref);
     // SAFETY: a `const`-initialised thread-local without drop glue is never destroyed before its
-    // thread ends, so the pointer is valid for this call; the reference cannot leave the thread
-    // (`ThreadState` is `!Sync`, so `&ThreadState` is `!Send`) and lives only for `f`.
+    // thread ends, so the pointer is valid for as long as any code of this thread runs; the
+    // reference cannot leave the thread (`ThreadState` is `!Sync`, so `&ThreadState` is `!Send`).
     #[allow(unsafe_code)]
-    f(unsafe { &*state })
+    unsafe {
+        &*state
+    }
+}
+
+/// Runs `f` with this thread's state.
+#[inline(always)]
+pub(crate) fn with_state<R>(f: impl FnOnce(&ThreadState) -> R) -> R {
+    f(thread_state())
 }
 
 impl ThreadState {
@@ -228,22 +239,21 @@ impl<const EVENTS: bool, const KEEPS: bool> Drop for Entered<'_, EVENTS, KEEPS> 
         if EVENTS {
             hooks::emit_id(Kind::After, self.identity.async_id);
         }
-        with_state(|state| {
-            if KEEPS {
-                // SAFETY: with `KEEPS` the pointer comes from a `&'a mut Frame` that this guard
-                // holds exclusively for `'a`.
-                #[allow(unsafe_code)]
-                state
-                    .frame
-                    .leave(unsafe { self.frame.as_mut() }, self.previous_frame);
-            } else {
-                // SAFETY: the pointer comes from a `&'a Frame`.
-                #[allow(unsafe_code)]
-                state
-                    .frame
-                    .leave_scope(unsafe { self.frame.as_ref() }, self.previous_frame);
-            }
-            state.current.set(self.previous);
-        });
+        let state = thread_state();
+        if KEEPS {
+            // SAFETY: with `KEEPS` the pointer comes from a `&'a mut Frame` that this guard
+            // holds exclusively for `'a`.
+            #[allow(unsafe_code)]
+            state
+                .frame
+                .leave(unsafe { self.frame.as_mut() }, self.previous_frame);
+        } else {
+            // SAFETY: the pointer comes from a `&'a Frame`.
+            #[allow(unsafe_code)]
+            state
+                .frame
+                .leave_scope(unsafe { self.frame.as_ref() }, self.previous_frame);
+        }
+        state.current.set(self.previous);
     }
 }

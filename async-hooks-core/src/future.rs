@@ -6,7 +6,7 @@ use std::mem::ManuallyDrop;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
-use crate::context::{Entered, ThreadState, with_state};
+use crate::context::{Entered, ThreadState, thread_state, with_state};
 use crate::hooks::{self, Kind};
 use crate::resource::{Identity, ResourceType};
 use crate::storage::Frame;
@@ -67,50 +67,79 @@ struct Running<F> {
     // or when the wrapper is dropped. `identity`'s finished flag says which, so no `Option` tag
     // is needed.
     future: ManuallyDrop<F>,
-    identity: Identity,
+    // Dropped by hand too, by `Ending`, after `destroy`. Had they drop glue of their own, each
+    // could unwind into the other's, and the landing pads made the wrapper's drop too large for
+    // LLVM to inline.
+    identity: ManuallyDrop<Identity>,
     // The resource's storage frame; during a poll the thread points at it (and an `enter_with`
     // inside replaces it, for the rest of the future's life).
-    frame: Frame,
+    frame: ManuallyDrop<Frame>,
 }
 
 impl<F> Drop for Running<F> {
-    #[inline]
+    // Always inlined, with no closure inside (see `thread_state`): the whole lifecycle of a
+    // future that completes inlines into its caller, as a plain future's does.
+    #[inline(always)]
     fn drop(&mut self) {
-        // `destroy` comes after the future is dropped, and from a guard, so that it is emitted
-        // exactly once even if that drop panics.
-        let _destroy = DestroyOnDrop(self.identity.async_id);
-        if !self.identity.is_finished() {
-            self.identity.set_finished();
-            with_state(|state| {
-                let _entered = Entered::<false>::enter(state, &self.identity, &mut self.frame);
-                // SAFETY: the future was not dropped yet (not finished) and is never touched
-                // again (now finished); dropping a pinned value in place, before its memory
-                // goes, keeps the pinning guarantee.
-                #[allow(unsafe_code)]
-                unsafe {
-                    ManuallyDrop::drop(&mut self.future)
-                };
-            });
+        // `destroy` and the release come after the future is dropped, and from a guard, so that
+        // they happen exactly once even if that drop panics.
+        let ending = Ending(self);
+        let running = &mut *ending.0;
+        if !running.identity.is_finished() {
+            running.identity.set_finished();
+            let _entered =
+                Entered::<false>::enter(thread_state(), &running.identity, &mut running.frame);
+            // SAFETY: the future was not dropped yet (not finished) and is never touched again
+            // (now finished); dropping a pinned value in place, before its memory goes, keeps
+            // the pinning guarantee.
+            #[allow(unsafe_code)]
+            unsafe {
+                ManuallyDrop::drop(&mut running.future)
+            };
         }
     }
 }
 
-/// Emits `destroy` for a resource when dropped, also while unwinding.
-struct DestroyOnDrop(crate::AsyncId);
+/// Ends a resource whose future is gone, when dropped (also while unwinding): emits `destroy`,
+/// then releases the identity and the frame.
+struct Ending<'a, F>(&'a mut Running<F>);
 
-impl Drop for DestroyOnDrop {
-    #[inline]
+impl<F> Drop for Ending<'_, F> {
+    #[inline(always)]
     fn drop(&mut self) {
-        hooks::emit_destroy(self.0);
+        let running = &mut *self.0;
+        hooks::emit_destroy(running.identity.async_id);
+        if running.identity.owns_handle() {
+            return release_with_handle(&mut running.identity, &mut running.frame);
+        }
+        // SAFETY: `Ending` runs once, from `Running`'s drop, and nothing touches the fields
+        // after. The identity owns no handle, so skipping its drop skips nothing; the frame's
+        // drop is the last thing here, so its unwinding has nothing left to clean up.
+        #[allow(unsafe_code)]
+        unsafe {
+            ManuallyDrop::drop(&mut running.frame)
+        };
     }
+}
+
+/// [`Ending`]'s release of an identity that owns a handle (made for `execution_async_resource`
+/// or an `init` hook): out of line, with ordinary drops.
+#[cold]
+#[inline(never)]
+fn release_with_handle(identity: &mut ManuallyDrop<Identity>, frame: &mut ManuallyDrop<Frame>) {
+    // SAFETY: as in `Ending`: called once from it, the fields are never touched after.
+    #[allow(unsafe_code)]
+    let (identity, frame) = unsafe { (ManuallyDrop::take(identity), ManuallyDrop::take(frame)) };
+    drop(identity);
+    drop(frame);
 }
 
 impl<F> Instrumented<F> {
     /// Makes `future` a resource of type `ty`. Used by the macros, which declare `ty` as a static.
     #[doc(hidden)]
-    #[inline]
+    #[inline(always)]
     pub fn new(ty: &'static ResourceType, future: F) -> Instrumented<F> {
-        with_state(|state| Instrumented::create(state, ty, future))
+        Instrumented::create(thread_state(), ty, future)
     }
 
     #[inline(always)]
@@ -119,8 +148,8 @@ impl<F> Instrumented<F> {
         Instrumented {
             running: Running {
                 future: ManuallyDrop::new(future),
-                identity: Identity::create(state, ty, None),
-                frame,
+                identity: ManuallyDrop::new(Identity::create(state, ty, None)),
+                frame: ManuallyDrop::new(frame),
             },
         }
     }
@@ -152,36 +181,43 @@ impl<F> Instrumented<F> {
 impl<F: Future> Future for Instrumented<F> {
     type Output = F::Output;
 
-    #[inline]
+    // Always inlined, with no closure inside (see `thread_state`), like the drop.
+    #[inline(always)]
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
         // SAFETY: of `Running`'s fields only `future` is structurally pinned, and it is only
         // ever polled and dropped in place, through the pin made below (see `Running`).
         #[allow(unsafe_code)]
         let running = unsafe { self.project().running.get_unchecked_mut() };
         if running.identity.is_finished() {
-            panic!("`Instrumented` future polled after it returned `Poll::Ready`");
+            polled_after_ready();
         }
         let future = &mut running.future;
-        with_state(|state| {
-            let _entered = Entered::<true>::enter(state, &running.identity, &mut running.frame);
-            // SAFETY: pinned in place (see above); `ManuallyDrop` is `repr(transparent)`.
+        let _entered =
+            Entered::<true>::enter(thread_state(), &running.identity, &mut running.frame);
+        // SAFETY: pinned in place (see above); `ManuallyDrop` is `repr(transparent)`.
+        #[allow(unsafe_code)]
+        let poll = unsafe { Pin::new_unchecked(&mut **future) }.poll(cx);
+        if poll.is_ready() {
+            hooks::emit_id(Kind::PromiseResolve, running.identity.async_id);
+            // Drop the finished state machine now, inside the resource's context. Marked first,
+            // so that a panicking destructor is not run twice.
+            running.identity.set_finished();
+            // SAFETY: not dropped before (it was just polled), never touched again (now
+            // finished); dropped in place, as pinning requires.
             #[allow(unsafe_code)]
-            let poll = unsafe { Pin::new_unchecked(&mut **future) }.poll(cx);
-            if poll.is_ready() {
-                hooks::emit_id(Kind::PromiseResolve, running.identity.async_id);
-                // Drop the finished state machine now, inside the resource's context. Marked
-                // first, so that a panicking destructor is not run twice.
-                running.identity.set_finished();
-                // SAFETY: not dropped before (it was just polled), never touched again (now
-                // finished); dropped in place, as pinning requires.
-                #[allow(unsafe_code)]
-                unsafe {
-                    ManuallyDrop::drop(future)
-                };
-            }
-            poll
-        })
+            unsafe {
+                ManuallyDrop::drop(future)
+            };
+        }
+        poll
     }
+}
+
+#[cold]
+#[inline(never)]
+#[track_caller]
+fn polled_after_ready() -> ! {
+    panic!("`Instrumented` future polled after it returned `Poll::Ready`")
 }
 
 impl<F> fmt::Debug for Instrumented<F> {
@@ -380,6 +416,56 @@ mod tests {
         assert_eq!(execution_async_id(), AsyncId::ROOT);
         drop(fut);
         assert_eq!(drops.load(Ordering::SeqCst), 1);
+    }
+
+    #[test]
+    fn a_wrapper_whose_future_panics_in_its_drop_still_ends_the_resource() {
+        use crate::hooks::{Hooks, create_hook};
+        use crate::storage::AsyncLocalStorage;
+        use std::sync::Mutex;
+
+        static STORE: AsyncLocalStorage<CountDrop> = AsyncLocalStorage::new();
+        let store_drops = Arc::new(AtomicUsize::new(0));
+        let inner_drops = Arc::new(AtomicUsize::new(0));
+        // Hooks are process-wide and other tests run alongside: kept by id below.
+        let destroyed = Arc::new(Mutex::new(Vec::new()));
+        let seen = destroyed.clone();
+        let hook =
+            create_hook(Hooks::new().destroy(move |id| seen.lock().unwrap().push(id))).enable();
+        let guard = CountDrop(inner_drops.clone(), true);
+        // A captured storage value, and a handle made inside: both owned by the wrapper.
+        let mut fut = STORE.run(CountDrop(store_drops.clone(), false), || {
+            Box::pin(
+                async move {
+                    let _guard = guard;
+                    let _ = execution_async_resource();
+                    YieldOnce(false).await;
+                }
+                .bind_context(),
+            )
+        });
+        let id = fut.async_id();
+        assert!(poll_once(fut.as_mut()).is_pending());
+        let handle_released = fut.running.identity.handle().released_probe();
+        assert!(catch_unwind(AssertUnwindSafe(|| drop(fut))).is_err());
+        hook.disable();
+        assert_eq!(execution_async_id(), AsyncId::ROOT);
+        assert_eq!(inner_drops.load(Ordering::SeqCst), 1);
+        assert_eq!(
+            store_drops.load(Ordering::SeqCst),
+            1,
+            "the captured frame was released"
+        );
+        assert!(handle_released(), "the handle was released");
+        assert_eq!(
+            destroyed
+                .lock()
+                .unwrap()
+                .iter()
+                .filter(|&&d| d == id)
+                .count(),
+            1
+        );
     }
 
     #[test]

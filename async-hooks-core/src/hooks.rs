@@ -16,7 +16,7 @@ use std::sync::{Arc, Once, PoisonError};
 
 use self::sync::{AtomicU32, AtomicU64, Mutex, MutexGuard};
 
-use crate::context::with_state;
+use crate::context::{thread_state, with_state};
 use crate::id::AsyncId;
 use crate::resource::Resource;
 
@@ -858,7 +858,7 @@ pub(crate) fn wants(kind: Kind) -> bool {
     // Both words or-ed and tested once: written with `||`, LLVM tested each into a flag and
     // branched on both flags.
     let count = registry().enabled_count(kind) as usize;
-    let dispatching = with_state(|state| state.dispatching.get().addr());
+    let dispatching = thread_state().dispatching.get().addr();
     count | dispatching != 0
 }
 

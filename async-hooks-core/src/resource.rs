@@ -152,6 +152,18 @@ pub struct Resource {
     repr: Repr,
 }
 
+#[cfg(test)]
+impl Resource {
+    /// A probe that says whether the shared handle has been released (by every holder).
+    pub(crate) fn released_probe(&self) -> impl Fn() -> bool + use<> {
+        let weak = match &self.repr {
+            Repr::Shared(inner) => Arc::downgrade(inner),
+            Repr::Pending(_) => unreachable!("only `init` callbacks see a pending resource"),
+        };
+        move || weak.upgrade().is_none()
+    }
+}
+
 enum Repr {
     Shared(Arc<ResourceInner>),
     /// The resource being created, behind the `&Resource` that `init` callbacks get (see
@@ -579,10 +591,12 @@ impl Identity {
         }
     }
 
-    /// Whether the owner marked its inner value as gone.
+    /// Whether the owner marked its inner value as gone. Through `&mut` (only the owner asks),
+    /// a plain read: LLVM sees the word it wrote at creation and drops the test when the whole
+    /// lifecycle is inlined, which it cannot do with an atomic load.
     #[inline(always)]
-    pub(crate) fn is_finished(&self) -> bool {
-        self.load_flags().addr() & FINISHED != 0
+    pub(crate) fn is_finished(&mut self) -> bool {
+        self.word.get_mut().addr() & FINISHED != 0
     }
 
     /// Marks the owner's inner value as gone. Only an instrumented future's owner calls this,
@@ -593,6 +607,15 @@ impl Identity {
         let word = self.load_flags();
         self.word
             .store(word.map_addr(|addr| addr | FINISHED), Ordering::Relaxed);
+    }
+}
+
+impl Identity {
+    /// Whether dropping this identity releases a handle (the only work its drop can do). With
+    /// `&mut`, no other thread can be publishing one.
+    #[inline(always)]
+    pub(crate) fn owns_handle(&mut self) -> bool {
+        self.word.get_mut().addr() & HANDLE != 0
     }
 }
 
@@ -1001,7 +1024,7 @@ mod tests {
     #[test]
     fn losing_the_race_to_publish_a_handle_gives_ours_back() {
         static TYPE: ResourceType = ResourceType::new("Raced");
-        let identity = Identity {
+        let mut identity = Identity {
             async_id: AsyncId::from_u64(1_000_001),
             trigger_id: AsyncId::ROOT,
             word: AtomicPtr::new(type_word(&TYPE)),
@@ -1024,7 +1047,7 @@ mod tests {
         // The owner's flag survives a publication made after it was set.
         identity.set_finished();
         assert!(identity.is_finished());
-        let finished = Identity {
+        let mut finished = Identity {
             async_id: AsyncId::from_u64(1_000_002),
             trigger_id: AsyncId::ROOT,
             word: AtomicPtr::new(type_word(&TYPE)),
