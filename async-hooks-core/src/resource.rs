@@ -25,6 +25,18 @@ pub struct ResourceType {
     provider: AtomicU32,
 }
 
+/// The interned type for a resource created with `type_name`: `ERR_ASYNC_TYPE` if the name is
+/// empty while an `init` hook would see it.
+fn checked_type(type_name: &str) -> Result<&'static ResourceType, Error> {
+    if type_name.is_empty() && hooks::wants(Kind::Init) {
+        return Err(Error::new(
+            ErrorKind::AsyncType,
+            "the resource type name is empty; give the resource a non-empty type name such as \"WorkerTask\"",
+        ));
+    }
+    Ok(ResourceType::intern(type_name))
+}
+
 /// The type of the root resource.
 pub(crate) static ROOT_TYPE: ResourceType = ResourceType::new("ROOT");
 
@@ -802,10 +814,14 @@ impl AsyncResource {
     /// assert_eq!(r.trigger_async_id(), AsyncId::ROOT);
     /// ```
     pub fn new(type_name: &str) -> AsyncResource {
-        match AsyncResource::with_options(type_name, AsyncResourceOptions::default()) {
-            Ok(resource) => resource,
+        // Not through `with_options`: its `Result` came back in memory and was copied into ours
+        // with wider loads than the stores that wrote it (the two flags), a store-forwarding
+        // stall on every resource. Only the type comes back through a `Result` here.
+        let ty = match checked_type(type_name) {
+            Ok(ty) => ty,
             Err(err) => panic!("{err}"),
-        }
+        };
+        with_state(|state| AsyncResource::create(state, ty, None, false))
     }
 
     /// Creates a resource with options (explicit trigger id, manual destroy).
@@ -836,21 +852,15 @@ impl AsyncResource {
                 ),
             ));
         }
-        with_state(|state| {
-            if type_name.is_empty() && hooks::wants(Kind::Init) {
-                return Err(Error::new(
-                    ErrorKind::AsyncType,
-                    "the resource type name is empty; give the resource a non-empty type name such as \"WorkerTask\"",
-                ));
-            }
-            let ty = ResourceType::intern(type_name);
-            Ok(AsyncResource::create(
+        let ty = checked_type(type_name)?;
+        Ok(with_state(|state| {
+            AsyncResource::create(
                 state,
                 ty,
                 options.trigger_async_id,
                 options.require_manual_destroy,
-            ))
-        })
+            )
+        }))
     }
 
     /// A resource of a static type, for `bind!` (which declares the type at the call site).
