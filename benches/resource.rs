@@ -30,6 +30,16 @@ fn lifecycles(c: &mut Criterion) {
             r.run_in_async_scope(|| black_box(1u64) + 1)
         })
     });
+    // Shared, as a resource handed to several tasks is: moved into an `Arc` as soon as it is made.
+    group.bench_function(
+        "AsyncResource new+Arc::new+run_in_async_scope+drop, no hook",
+        |b| {
+            b.iter(|| {
+                let r = std::sync::Arc::new(AsyncResource::new("Bench"));
+                r.run_in_async_scope(|| black_box(1u64) + 1)
+            })
+        },
+    );
     // A bound callback's usual shape: a resource made once under a request's store, its scope
     // run many times (as `bind!` closures and `AsyncResource::bind` do).
     let bound = STORE.run(7, || AsyncResource::new("Bench"));

@@ -5,7 +5,7 @@ use std::cell::Cell;
 use std::collections::BTreeMap;
 use std::fmt;
 use std::ptr::{self, NonNull};
-use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicPtr, AtomicU32, AtomicUsize, Ordering};
 use std::sync::{Arc, LazyLock, Mutex, PoisonError};
 
 use crate::context::{Entered, ThreadState, with_state};
@@ -796,9 +796,16 @@ pub struct AsyncResource {
     identity: Identity,
     /// The storage frame captured at creation; each scope starts from it.
     frame: Frame,
-    destroyed: AtomicBool,
-    manual_destroy: bool,
+    /// [`DESTROYED`] and [`MANUAL_DESTROY`], in one word-sized field: a resource is often moved
+    /// right after it is made (into an `Arc`, a `Result`, a struct), and a copy with word-sized
+    /// loads of fields written a byte at a time stalls the CPU's store forwarding.
+    flags: AtomicUsize,
 }
+
+/// `destroy` was emitted by [`AsyncResource::emit_destroy`].
+const DESTROYED: usize = 1;
+/// The resource was created with `require_manual_destroy`: dropping it emits nothing.
+const MANUAL_DESTROY: usize = 2;
 
 impl AsyncResource {
     /// Creates a resource of type `type_name`, triggered by the current execution.
@@ -880,8 +887,7 @@ impl AsyncResource {
         AsyncResource {
             identity,
             frame,
-            destroyed: AtomicBool::new(false),
-            manual_destroy,
+            flags: AtomicUsize::new(if manual_destroy { MANUAL_DESTROY } else { 0 }),
         }
     }
 
@@ -916,7 +922,7 @@ impl AsyncResource {
     /// assert_eq!(r.emit_destroy().unwrap_err().code(), "ERR_INVALID_STATE");
     /// ```
     pub fn emit_destroy(&self) -> Result<&AsyncResource, Error> {
-        if self.destroyed.swap(true, Ordering::AcqRel) {
+        if self.flags.fetch_or(DESTROYED, Ordering::AcqRel) & DESTROYED != 0 {
             return Err(Error::new(
                 ErrorKind::InvalidState,
                 format!(
@@ -975,7 +981,8 @@ impl AsyncResource {
 
 impl Drop for AsyncResource {
     fn drop(&mut self) {
-        if !self.manual_destroy && !*self.destroyed.get_mut() {
+        // Neither destroyed by hand already nor left to be.
+        if *self.flags.get_mut() == 0 {
             hooks::emit_destroy(self.identity.async_id);
         }
     }
