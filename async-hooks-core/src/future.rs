@@ -469,6 +469,36 @@ mod tests {
     }
 
     #[test]
+    fn a_handle_whose_data_panics_when_released_still_lets_the_frame_go() {
+        use crate::storage::AsyncLocalStorage;
+
+        static STORE: AsyncLocalStorage<CountDrop> = AsyncLocalStorage::new();
+        let store_drops = Arc::new(AtomicUsize::new(0));
+        let data_drops = Arc::new(AtomicUsize::new(0));
+        let data = CountDrop(data_drops.clone(), true);
+        let mut fut = STORE.run(CountDrop(store_drops.clone(), false), || {
+            Box::pin(
+                async move {
+                    // Kept by the handle, which the wrapper's identity owns from here on.
+                    execution_async_resource().insert(data);
+                }
+                .bind_context(),
+            )
+        });
+        assert!(poll_once(fut.as_mut()).is_ready());
+        assert_eq!(data_drops.load(Ordering::SeqCst), 0);
+        // The handle goes with the wrapper, and its data's destructor panics.
+        assert!(catch_unwind(AssertUnwindSafe(|| drop(fut))).is_err());
+        assert_eq!(data_drops.load(Ordering::SeqCst), 1);
+        assert_eq!(
+            store_drops.load(Ordering::SeqCst),
+            1,
+            "the captured frame was released"
+        );
+        assert_eq!(execution_async_id(), AsyncId::ROOT);
+    }
+
+    #[test]
     fn threads_racing_to_make_a_shared_resources_handle_agree_on_one() {
         for _ in 0..if cfg!(miri) { 4 } else { 200 } {
             let resource = Arc::new(AsyncResource::new("Raced"));
