@@ -100,11 +100,11 @@ fn restore_entry(
 /// allocation), else on the heap (see [`FrameCell::run_with_entry`]). `storage_key` is the storage's key cell, read at restore time
 /// (see [`restore_entry`]).
 #[inline]
-fn scoped<R>(
+fn scoped<T: Send + Sync + 'static, R>(
     state: &ThreadState,
     storage_key: &AtomicU64,
     key: u64,
-    value: Option<FreshValue>,
+    value: Option<FreshValue<T>>,
     f: impl FnOnce() -> R,
 ) -> R {
     let restore = |current: &Frame, previous: FrameRef<'_>| {
@@ -408,7 +408,7 @@ impl<T: Send + Sync + 'static> AsyncLocalStorage<T> {
     /// ```
     pub fn exit<R>(&self, f: impl FnOnce() -> R) -> R {
         let key = self.write_key();
-        with_state(|state| scoped(state, &self.key, key, None, f))
+        with_state(|state| scoped::<T, R>(state, &self.key, key, None, f))
     }
 
     /// Makes `store` the current store for the rest of the current execution: until the

@@ -142,7 +142,7 @@ impl Value {
     /// thread's [`Recycled`] cache when it has `T`'s layout (else a new `Arc`). Release it with
     /// [`Value::recycle`] to put its allocation back.
     #[inline]
-    pub(crate) fn new_recycled<T: Send + Sync + 'static>(store: T, slot: usize) -> FreshValue {
+    pub(crate) fn new_recycled<T: Send + Sync + 'static>(store: T, slot: usize) -> FreshValue<T> {
         match Recycled::take(slot, size_of::<T>(), align_of::<T>()) {
             Some(data) => {
                 // SAFETY: a cached allocation is the only reference to an `Arc` allocation of a
@@ -150,10 +150,13 @@ impl Value {
                 // (`Arc::from_raw` accepts a pointer from an `Arc` of the same layout), whose
                 // one strong reference passes to the result.
                 unsafe { data.cast::<T>().as_ptr().write(store) };
-                FreshValue(Value {
-                    data,
-                    ops: OpsOf::<T>::OPS,
-                })
+                FreshValue(
+                    Value {
+                        data,
+                        ops: OpsOf::<T>::OPS,
+                    },
+                    PhantomData,
+                )
             }
             None => FreshValue::new(store),
         }
@@ -170,18 +173,21 @@ impl Value {
     }
 
     /// [`Value::recycle`] without the locked check that this is the last reference (a
-    /// `compare_exchange` on the weak count, as `Arc::get_mut` does): the caller knows it.
+    /// `compare_exchange` on the weak count, as `Arc::get_mut` does): the caller knows it. And
+    /// the caller knows the type, so the release is a direct call, which inlines, instead of
+    /// one through the type's table.
     ///
     /// # Safety
     ///
-    /// No other strong or weak reference to the store may exist: no `Value` clone, no `Arc`
-    /// from [`Value::to_arc`] and no `Weak` made from one. [`Recycled::shares`] is how `run`
-    /// knows.
+    /// The store must be a `T`, and no other strong or weak reference to it may exist: no
+    /// `Value` clone, no `Arc` from [`Value::to_arc`] and no `Weak` made from one.
+    /// [`Recycled::shares`] is how `run` knows.
     #[inline]
-    pub(crate) unsafe fn recycle_unshared(self, slot: usize) {
+    pub(crate) unsafe fn recycle_unshared<T: Send + Sync + 'static>(self, slot: usize) {
         let this = std::mem::ManuallyDrop::new(self);
-        // SAFETY: the reference `this` owns, released once, here; the last one, per the caller.
-        unsafe { (this.ops.recycle)(this.data, slot, true) }
+        // SAFETY: the reference `this` owns, released once, here; a `T`'s, and the last one,
+        // per the caller.
+        unsafe { OpsOf::<T>::recycle(this.data, slot, true) }
     }
 
     /// Whether the store is a `T`.
@@ -228,12 +234,14 @@ impl Value {
 /// A store's only reference: a [`Value`] made just now and not cloned yet, which is what lets
 /// [`FrameCell::run_with_entry`] prove at its end, from [`Recycled::shares`] alone, that its
 /// store's reference is still the only one.
-pub(crate) struct FreshValue(Value);
+///
+/// Typed, so that the scope's end releases it with a direct call ([`Value::recycle_unshared`]).
+pub(crate) struct FreshValue<T>(Value, PhantomData<fn() -> T>);
 
-impl FreshValue {
+impl<T: Send + Sync + 'static> FreshValue<T> {
     /// A new store in a new `Arc`.
-    pub(crate) fn new<T: Send + Sync + 'static>(store: T) -> FreshValue {
-        FreshValue(Value::new(Arc::new(store)))
+    pub(crate) fn new(store: T) -> FreshValue<T> {
+        FreshValue(Value::new(Arc::new(store)), PhantomData)
     }
 
     /// The value, as any other.
@@ -973,10 +981,10 @@ impl FrameCell {
     /// code inside replaced this frame with another one (what `enter_with` and `disable` do),
     /// the frame put back is `restore(that frame, previous)`.
     #[inline]
-    pub(crate) fn run_with_entry<R>(
+    pub(crate) fn run_with_entry<T: Send + Sync + 'static, R>(
         &self,
         key: u64,
-        value: Option<FreshValue>,
+        value: Option<FreshValue<T>>,
         f: impl FnOnce() -> R,
         restore: impl FnOnce(&Frame, FrameRef<'_>) -> Frame,
     ) -> R {
@@ -1004,6 +1012,7 @@ impl FrameCell {
             slot: key as usize,
             shares,
             restore: Some(restore),
+            _store: PhantomData::<fn() -> T>,
         };
         let result = f();
         drop(leave);
@@ -1013,7 +1022,7 @@ impl FrameCell {
 
 /// Puts the previous frame back when a [`FrameCell::run_with_entry`] scope ends, then drops the
 /// stack frame.
-struct Leave<'a, Restore: FnOnce(&Frame, FrameRef<'_>) -> Frame> {
+struct Leave<'a, T: Send + Sync + 'static, Restore: FnOnce(&Frame, FrameRef<'_>) -> Frame> {
     cell: &'a FrameCell,
     frame: *mut StackFrame,
     /// The cell's pointer before the scope, put back as it was (with the ownership it had).
@@ -1024,9 +1033,13 @@ struct Leave<'a, Restore: FnOnce(&Frame, FrameRef<'_>) -> Frame> {
     /// store was never shared.
     shares: u64,
     restore: Option<Restore>,
+    /// The type of the scope's store.
+    _store: PhantomData<fn() -> T>,
 }
 
-impl<Restore: FnOnce(&Frame, FrameRef<'_>) -> Frame> Leave<'_, Restore> {
+impl<T: Send + Sync + 'static, Restore: FnOnce(&Frame, FrameRef<'_>) -> Frame>
+    Leave<'_, T, Restore>
+{
     /// The end of a scope whose stack frame is no longer in the cell as itself: a capture left
     /// its promoted copy there (or the frame was on the heap from the start), or the code inside
     /// changed the context.
@@ -1063,7 +1076,9 @@ impl<Restore: FnOnce(&Frame, FrameRef<'_>) -> Frame> Leave<'_, Restore> {
     }
 }
 
-impl<Restore: FnOnce(&Frame, FrameRef<'_>) -> Frame> Drop for Leave<'_, Restore> {
+impl<T: Send + Sync + 'static, Restore: FnOnce(&Frame, FrameRef<'_>) -> Frame> Drop
+    for Leave<'_, T, Restore>
+{
     // Inlined into `run`: the common end (the stack frame still in the cell as itself) is a
     // compare and a store; the rest is out of line.
     #[inline]
@@ -1090,7 +1105,8 @@ impl<Restore: FnOnce(&Frame, FrameRef<'_>) -> Frame> Drop for Leave<'_, Restore>
                 // since. Only this thread could reach it: through the stack frame, which only
                 // this thread's cell pointed at, and through bitwise copies of its entry in
                 // nested stack frames, which hold no reference and ended before this scope.
-                unsafe { value.recycle_unshared(self.slot) };
+                // And it is a `T`: the `FreshValue<T>` the scope began with.
+                unsafe { value.recycle_unshared::<T>(self.slot) };
             } else {
                 value.recycle(self.slot);
             }
@@ -1550,20 +1566,20 @@ mod tests {
         move |current, previous| current.with(key, previous.lookup(key).map(|e| e.value.clone()))
     }
 
-    fn stacked<R>(
+    fn stacked<T: Send + Sync + 'static, R>(
         cell: &FrameCell,
         key: u64,
-        value: Option<FreshValue>,
+        value: Option<FreshValue<T>>,
         f: impl FnOnce() -> R,
     ) -> R {
         cell.run_with_entry(key, value, f, restore_key(key))
     }
 
-    fn fresh(v: u64) -> Option<FreshValue> {
+    fn fresh(v: u64) -> Option<FreshValue<u64>> {
         Some(FreshValue::new(v))
     }
 
-    fn fresh_counted(drops: &Arc<AtomicUsize>) -> Option<FreshValue> {
+    fn fresh_counted(drops: &Arc<AtomicUsize>) -> Option<FreshValue<Counted>> {
         Some(FreshValue::new(Counted(drops.clone())))
     }
 
