@@ -38,8 +38,9 @@ struct ValueOps {
     release: unsafe fn(NonNull<()>),
     /// Releases a reference; if it was the last, drops the value in place and keeps the
     /// allocation in this thread's [`Recycled`] cache (at the given slot) for the next `run`.
-    /// With `true`, the caller knows it is the last (see [`Value::recycle_unshared`]).
-    recycle: unsafe fn(NonNull<()>, usize, bool),
+    /// (A caller that knows the type and that the reference is the last calls
+    /// [`OpsOf::recycle`] directly: see [`Value::recycle_unshared`].)
+    recycle: unsafe fn(NonNull<()>, usize),
     /// Frees a cached allocation, whose value was already dropped.
     free_empty: unsafe fn(NonNull<()>),
     type_id: fn() -> TypeId,
@@ -55,17 +56,28 @@ impl<T: Send + Sync + 'static> OpsOf<T> {
     const OPS: &'static ValueOps = &ValueOps {
         retain: OpsOf::<T>::retain,
         release: OpsOf::<T>::release,
-        recycle: OpsOf::<T>::recycle,
+        recycle: OpsOf::<T>::recycle_checked,
         free_empty: OpsOf::<T>::free_empty,
         type_id: TypeId::of::<T>,
         size: size_of::<T>(),
         align: align_of::<T>(),
     };
 
+    /// The table's `recycle`: checks that the reference is the last.
+    ///
+    /// # Safety
+    ///
+    /// As for `release`.
+    unsafe fn recycle_checked(data: NonNull<()>, slot: usize) {
+        // SAFETY: per the caller.
+        unsafe { OpsOf::<T>::recycle(data, slot, false) }
+    }
+
     /// # Safety
     ///
     /// As for `release`; with `unshared`, also that no other strong or weak reference to the
     /// store exists.
+    #[inline]
     unsafe fn recycle(data: NonNull<()>, slot: usize, unshared: bool) {
         // SAFETY: per the caller, the reference is ours to release.
         let mut store = unsafe { Arc::from_raw(data.cast::<T>().as_ptr().cast_const()) };
@@ -169,7 +181,7 @@ impl Value {
     pub(crate) fn recycle(self, slot: usize) {
         let this = std::mem::ManuallyDrop::new(self);
         // SAFETY: the reference `this` owns, released once, here (it is not dropped).
-        unsafe { (this.ops.recycle)(this.data, slot, false) }
+        unsafe { (this.ops.recycle)(this.data, slot) }
     }
 
     /// [`Value::recycle`] without the locked check that this is the last reference (a
