@@ -9,6 +9,7 @@
 
 use std::cell::Cell;
 use std::marker::PhantomData;
+use std::mem::ManuallyDrop;
 use std::ptr::{self, NonNull};
 
 use crate::hooks::{self, Kind};
@@ -165,23 +166,28 @@ pub fn execution_async_resource() -> Resource {
 }
 
 /// A running execution: the thread points at the resource's identity and its frame, and (with
-/// `EVENTS`) `before` has fired; dropping it fires `after` and switches back — also during a
-/// panic. Without `EVENTS` the switch is silent (dropping a future inside its own context).
+/// `EVENTS`) `before` has fired; [`Entered::leave`] fires `after` and switches back, and so does
+/// dropping the guard while a panic unwinds. Without `EVENTS` the switch is silent (dropping a
+/// future inside its own context).
 ///
 /// With `KEEPS`, a frame that the code inside put in place of the resource's (`enter_with`)
 /// becomes the resource's own (a future's execution continues at its next poll); without, it
 /// ends with the scope (an `AsyncResource`'s scopes each start from its captured frame).
 pub(crate) struct Entered<'a, const EVENTS: bool, const KEEPS: bool = true> {
-    // No `&ThreadState` kept: it is two instructions to recompute (`with_state`), and each field
-    // of the guard is a store and a load on every poll.
-    identity: &'a Identity,
+    // Neither the thread state nor the identity kept: the state is two instructions to
+    // recompute, the events read the identity's id from the thread, and every field is a
+    // register held across the poll.
+    /// The thread's running identity before, put back as it was.
     previous: *const Identity,
     /// The resource's frame, which the thread points at while entered: from a `&'a mut Frame`
     /// with `KEEPS`, else from a `&'a Frame`.
     frame: NonNull<Frame>,
     /// The thread's frame pointer before, put back as it was.
     previous_frame: *const FrameData,
-    _frame: PhantomData<&'a mut Frame>,
+    /// The thread's frame pointer while entered: unchanged at the end, the code inside left
+    /// the frame as it was.
+    installed: *const FrameData,
+    _borrows: PhantomData<(&'a Identity, &'a mut Frame)>,
 }
 
 impl<'a, const EVENTS: bool> Entered<'a, EVENTS, true> {
@@ -218,42 +224,89 @@ impl<'a, const EVENTS: bool, const KEEPS: bool> Entered<'a, EVENTS, KEEPS> {
         let previous = state.current.replace(identity);
         // SAFETY: `frame` comes from a reference that lives for `'a`.
         #[allow(unsafe_code)]
-        let previous_frame = state.frame.enter(unsafe { frame.as_ref() });
+        let (previous_frame, installed) = state.frame.enter(unsafe { frame.as_ref() });
         // Cannot unwind (see `hooks::dispatch_id`), so the guard needs to exist only after it.
         if EVENTS {
-            hooks::emit_id(Kind::Before, identity.async_id);
+            hooks::emit_current(Kind::Before);
         }
         Entered {
-            identity,
             previous,
             frame,
             previous_frame,
-            _frame: PhantomData,
+            installed,
+            _borrows: PhantomData,
         }
     }
 }
 
-impl<const EVENTS: bool, const KEEPS: bool> Drop for Entered<'_, EVENTS, KEEPS> {
+impl<const EVENTS: bool, const KEEPS: bool> Entered<'_, EVENTS, KEEPS> {
+    /// Ends the execution: fires `after` and switches back.
+    ///
+    /// Scopes end with this call rather than with the guard's drop, which only runs while
+    /// unwinding. That drop is then a single out-of-line call taking the fields by value, which
+    /// LLVM inlines into the landing pads, so the guard can live in registers: when the drop
+    /// did the switch itself, LLVM kept it out of line and the guard's four fields were stored
+    /// to the stack on every poll just for the landing pad to read.
     #[inline(always)]
-    fn drop(&mut self) {
+    pub(crate) fn leave(self) {
+        let this = ManuallyDrop::new(self);
+        Self::switch_back(
+            this.previous,
+            this.frame,
+            this.previous_frame,
+            this.installed,
+        );
+    }
+
+    #[inline(always)]
+    fn switch_back(
+        previous: *const Identity,
+        frame: NonNull<Frame>,
+        previous_frame: *const FrameData,
+        installed: *const FrameData,
+    ) {
         if EVENTS {
-            hooks::emit_id(Kind::After, self.identity.async_id);
+            hooks::emit_current(Kind::After);
         }
         let state = thread_state();
+        // The identity first: a frame the code inside replaced is released below, and a store's
+        // `Drop` may panic; the caller's execution must be back by then, or the thread would
+        // keep pointing at this one after it is gone.
+        state.current.set(previous);
         if KEEPS {
             // SAFETY: with `KEEPS` the pointer comes from a `&'a mut Frame` that this guard
             // holds exclusively for `'a`.
             #[allow(unsafe_code)]
             state
                 .frame
-                .leave(unsafe { self.frame.as_mut() }, self.previous_frame);
+                .leave(installed, unsafe { &mut *frame.as_ptr() }, previous_frame);
         } else {
-            // SAFETY: the pointer comes from a `&'a Frame`.
-            #[allow(unsafe_code)]
-            state
-                .frame
-                .leave_scope(unsafe { self.frame.as_ref() }, self.previous_frame);
+            state.frame.leave_scope(installed, previous_frame);
         }
-        state.current.set(self.previous);
+    }
+
+    /// [`Entered::leave`] for a guard dropped while unwinding.
+    #[cold]
+    #[inline(never)]
+    fn switch_back_unwinding(
+        previous: *const Identity,
+        frame: NonNull<Frame>,
+        previous_frame: *const FrameData,
+        installed: *const FrameData,
+    ) {
+        Self::switch_back(previous, frame, previous_frame, installed);
+    }
+}
+
+impl<const EVENTS: bool, const KEEPS: bool> Drop for Entered<'_, EVENTS, KEEPS> {
+    /// Only reached while unwinding out of the scope (see [`Entered::leave`]).
+    #[inline(always)]
+    fn drop(&mut self) {
+        Self::switch_back_unwinding(
+            self.previous,
+            self.frame,
+            self.previous_frame,
+            self.installed,
+        );
     }
 }

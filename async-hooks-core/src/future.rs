@@ -87,7 +87,7 @@ impl<F> Drop for Running<F> {
         let running = &mut *ending.0;
         if !running.identity.is_finished() {
             running.identity.set_finished();
-            let _entered =
+            let entered =
                 Entered::<false>::enter(thread_state(), &running.identity, &mut running.frame);
             // SAFETY: the future was not dropped yet (not finished) and is never touched again
             // (now finished); dropping a pinned value in place, before its memory goes, keeps
@@ -96,6 +96,7 @@ impl<F> Drop for Running<F> {
             unsafe {
                 ManuallyDrop::drop(&mut running.future)
             };
+            entered.leave();
         }
     }
 }
@@ -192,13 +193,12 @@ impl<F: Future> Future for Instrumented<F> {
             polled_after_ready();
         }
         let future = &mut running.future;
-        let _entered =
-            Entered::<true>::enter(thread_state(), &running.identity, &mut running.frame);
+        let entered = Entered::<true>::enter(thread_state(), &running.identity, &mut running.frame);
         // SAFETY: pinned in place (see above); `ManuallyDrop` is `repr(transparent)`.
         #[allow(unsafe_code)]
         let poll = unsafe { Pin::new_unchecked(&mut **future) }.poll(cx);
         if poll.is_ready() {
-            hooks::emit_id(Kind::PromiseResolve, running.identity.async_id);
+            hooks::emit_current(Kind::PromiseResolve);
             // Drop the finished state machine now, inside the resource's context. Marked first,
             // so that a panicking destructor is not run twice.
             running.identity.set_finished();
@@ -209,6 +209,7 @@ impl<F: Future> Future for Instrumented<F> {
                 ManuallyDrop::drop(future)
             };
         }
+        entered.leave();
         poll
     }
 }
@@ -495,6 +496,39 @@ mod tests {
             1,
             "the captured frame was released"
         );
+        assert_eq!(execution_async_id(), AsyncId::ROOT);
+    }
+
+    #[test]
+    fn a_store_that_panics_when_a_poll_replaces_it_still_restores_the_caller() {
+        use crate::storage::AsyncLocalStorage;
+
+        static STORE: AsyncLocalStorage<CountDrop> = AsyncLocalStorage::new();
+        let drops = Arc::new(AtomicUsize::new(0));
+        let replacement = CountDrop(drops.clone(), false);
+        // The wrapper's captured frame holds the only reference to a store whose destructor
+        // panics; the poll's `enter_with` replaces that frame, which goes when the poll ends.
+        let mut fut = STORE.run(CountDrop(drops.clone(), true), || {
+            Box::pin(async move { STORE.enter_with(replacement) }.bind_context())
+        });
+        assert!(catch_unwind(AssertUnwindSafe(|| poll_once(fut.as_mut()))).is_err());
+        assert_eq!(drops.load(Ordering::SeqCst), 1, "the replaced store went");
+        // The caller's execution is back although the release unwound out of the poll.
+        assert_eq!(execution_async_id(), AsyncId::ROOT);
+        assert!(STORE.get_store().is_none());
+        drop(fut);
+        assert_eq!(
+            drops.load(Ordering::SeqCst),
+            2,
+            "the replacement went with the wrapper"
+        );
+        // The same for an `AsyncResource` scope, whose replaced frame ends with the scope.
+        let resource = AsyncResource::new("Scope");
+        let scoped = catch_unwind(AssertUnwindSafe(|| {
+            resource.run_in_async_scope(|| STORE.enter_with(CountDrop(drops.clone(), true)))
+        }));
+        assert!(scoped.is_err());
+        assert_eq!(drops.load(Ordering::SeqCst), 3);
         assert_eq!(execution_async_id(), AsyncId::ROOT);
     }
 

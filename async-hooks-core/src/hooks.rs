@@ -915,6 +915,30 @@ extern "C" fn dispatch_id<const KIND: u8>(async_id: AsyncId) {
     }
 }
 
+/// Emits a `before`/`after`/`promise_resolve` event of the running resource, whose id the cold
+/// path reads from the thread's state: then no call argument is set up on the hot path (LLVM
+/// loaded it ahead of the branch, an instruction per event).
+#[inline(always)]
+pub(crate) fn emit_current(kind: Kind) {
+    if wants(kind) {
+        match kind {
+            Kind::Before => dispatch_current::<{ Kind::Before as u8 }>(),
+            Kind::After => dispatch_current::<{ Kind::After as u8 }>(),
+            Kind::PromiseResolve => dispatch_current::<{ Kind::PromiseResolve as u8 }>(),
+            Kind::Destroy | Kind::Init => {
+                unreachable!("only the running resource's own events: use `emit_id`")
+            }
+        }
+    }
+}
+
+// `extern "C"` for the reason `dispatch_id` is.
+#[cold]
+#[inline(never)]
+extern "C" fn dispatch_current<const KIND: u8>() {
+    dispatch_id::<KIND>(thread_state().execution_async_id());
+}
+
 /// Emits `destroy` (from a drop path).
 #[inline(always)]
 pub(crate) fn emit_destroy(async_id: AsyncId) {

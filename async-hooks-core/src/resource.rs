@@ -906,8 +906,10 @@ impl AsyncResource {
         with_state(|state| {
             // Each scope starts from the captured frame, used in place (no clone): what the
             // code inside enters ends with the scope.
-            let _entered = Entered::<true, false>::enter_scope(state, &self.identity, &self.frame);
-            f()
+            let entered = Entered::<true, false>::enter_scope(state, &self.identity, &self.frame);
+            let result = f();
+            entered.leave();
+            result
         })
     }
 

@@ -827,23 +827,30 @@ impl FrameCell {
 
     /// Enters an execution whose frame is `frame`: the cell points at it without owning it
     /// (tagged [`LENT`]: its owner, the running resource, is up the stack until
-    /// [`FrameCell::leave`]). Returns the cell's previous pointer, to put back as it was. Code
-    /// inside that takes the frame gets a reference of its own; a `with_store` inside needs no
-    /// lend.
+    /// [`FrameCell::leave`]). Returns the cell's previous pointer, to put back as it was, and
+    /// the pointer put in, to tell at the end whether the code inside replaced it. Code inside
+    /// that takes the frame gets a reference of its own; a `with_store` inside needs no lend.
     #[inline(always)]
-    pub(crate) fn enter(&self, frame: &Frame) -> *const FrameData {
-        let previous = self.raw.get();
-        self.raw.set(FrameCell::borrowed(frame));
-        previous
+    pub(crate) fn enter(&self, frame: &Frame) -> (*const FrameData, *const FrameData) {
+        let installed = FrameCell::borrowed(frame);
+        (self.raw.replace(installed), installed)
     }
 
     /// Leaves the execution entered with [`FrameCell::enter`]: if the code inside replaced the
     /// frame (`enter_with`, `disable`, a guard kept across polls), the replacement becomes the
     /// execution's own frame, as in Node an `enterWith` lasts for the rest of its execution
     /// context; then the previous pointer goes back.
+    /// `installed` is what [`FrameCell::enter`] put in: kept by the caller, it is compared with
+    /// no load of the frame.
     #[inline(always)]
-    pub(crate) fn leave(&self, frame: &mut Frame, previous: *const FrameData) {
-        if self.raw.get() != FrameCell::borrowed(frame) {
+    pub(crate) fn leave(
+        &self,
+        installed: *const FrameData,
+        frame: &mut Frame,
+        previous: *const FrameData,
+    ) {
+        debug_assert_eq!(installed, FrameCell::borrowed(frame));
+        if self.raw.get() != installed {
             return self.leave_changed(frame, previous);
         }
         self.raw.set(previous);
@@ -852,8 +859,8 @@ impl FrameCell {
     /// Leaves a scope entered with [`FrameCell::enter`] whose frame stays as it was: whatever
     /// the code inside put in its place ends here.
     #[inline(always)]
-    pub(crate) fn leave_scope(&self, frame: &Frame, previous: *const FrameData) {
-        if self.raw.get() != FrameCell::borrowed(frame) {
+    pub(crate) fn leave_scope(&self, installed: *const FrameData, previous: *const FrameData) {
+        if self.raw.get() != installed {
             return self.leave_scope_changed(previous);
         }
         self.raw.set(previous);
@@ -1661,15 +1668,15 @@ mod tests {
         let mut resource = Frame::EMPTY.with(9, value(90));
         stacked(&cell, 1, fresh_counted(&drops), || {
             // Enter and leave a resource, as a poll does: the stack frame stays in place.
-            let previous = cell.enter(&resource);
+            let (previous, installed) = cell.enter(&resource);
             assert_eq!(current(&cell, 9), Some(90));
-            cell.leave(&mut resource, previous);
+            cell.leave(installed, &mut resource, previous);
             assert_eq!(cell.raw.get().addr() & TAGS, STACK);
             // A poll that enters a storage inside keeps the change for the resource.
-            let previous = cell.enter(&resource);
+            let (previous, installed) = cell.enter(&resource);
             let taken = cell.take();
             cell.set(taken.with(8, value(80)));
-            cell.leave(&mut resource, previous);
+            cell.leave(installed, &mut resource, previous);
             assert_eq!(cell.raw.get().addr() & TAGS, STACK);
             assert!(cell.get().lookup(1).is_some());
         });
@@ -1689,7 +1696,7 @@ mod tests {
         cell.with_lent(|frame| assert!(frame.entries.is_empty()));
         assert!(cell.raw.get().is_null());
         // Entered: the cell holds the bare tag, and reads, captures and lends see no entries.
-        let previous = cell.enter(&resource);
+        let (previous, installed) = cell.enter(&resource);
         assert_eq!(cell.raw.get().addr(), LENT);
         assert_eq!(current(&cell, 1), None);
         assert!(
@@ -1711,30 +1718,30 @@ mod tests {
             assert!(cell.get().lookup(1).is_some())
         });
         assert_eq!(cell.raw.get().addr(), LENT);
-        cell.leave(&mut resource, previous);
+        cell.leave(installed, &mut resource, previous);
         assert!(cell.raw.get().is_null());
         assert!(resource.as_ptr().is_null());
         assert_eq!(drops.load(Ordering::SeqCst), 1);
 
         // An `enter_with` inside becomes the resource's frame.
-        let previous = cell.enter(&resource);
+        let (previous, installed) = cell.enter(&resource);
         let taken = cell.take();
         assert!(taken.as_ptr().is_null());
         cell.set(taken.with(2, counted(&drops)));
-        cell.leave(&mut resource, previous);
+        cell.leave(installed, &mut resource, previous);
         assert!(cell.raw.get().is_null());
         assert!(resource.lookup(2).is_some());
         // Replaced by the untagged empty frame inside (what `disable` can leave): a change too,
         // and the resource's frame goes with it.
-        let previous = cell.enter(&resource);
+        let (previous, installed) = cell.enter(&resource);
         drop(cell.take());
-        cell.leave(&mut resource, previous);
+        cell.leave(installed, &mut resource, previous);
         assert!(resource.as_ptr().is_null());
         assert_eq!(drops.load(Ordering::SeqCst), 2);
         // A scope of it (an `AsyncResource`'s) ends what the code inside entered.
-        let previous = cell.enter(&resource);
+        let (previous, installed) = cell.enter(&resource);
         cell.set(Frame::EMPTY.with(3, counted(&drops)));
-        cell.leave_scope(&resource, previous);
+        cell.leave_scope(installed, previous);
         assert!(cell.raw.get().is_null());
         assert_eq!(drops.load(Ordering::SeqCst), 3);
     }
