@@ -15,7 +15,9 @@
 //!
 //! `shape_lifecycle` is also called by `shape_lifecycle_counting_hook`: subtract that one's count
 //! from it. The `tracing_registry` shapes are tracing's `#[instrument]` with a
-//! `tracing_subscriber` registry, the peer of the counting-hook shapes. Run without valgrind, it runs every shape and prints nothing.
+//! `tracing_subscriber` registry, the peer of the counting-hook shapes. The `_calling` shapes run
+//! a closure that calls a function that may panic, as real closures do: then the scope's guard
+//! has a landing pad, which an empty closure's does not. Run without valgrind, it runs every shape and prints nothing.
 
 use std::future::Future;
 use std::hint::black_box;
@@ -226,6 +228,29 @@ fn shape_tokio_sync_scope(rounds: u64) {
     }
 }
 
+/// A call that may panic, as nearly every real closure body makes: then the scope's guard has a
+/// landing pad to run, which an empty closure does not.
+#[inline(never)]
+fn may_panic() {
+    if black_box(false) {
+        panic!("never");
+    }
+}
+
+#[inline(never)]
+fn shape_run_calling(rounds: u64) {
+    for i in 0..rounds {
+        STORE.run(black_box(i), may_panic);
+    }
+}
+
+#[inline(never)]
+fn shape_tokio_sync_scope_calling(rounds: u64) {
+    for i in 0..rounds {
+        TASK_LOCAL.sync_scope(black_box(i), may_panic);
+    }
+}
+
 /// Runs each shape after its warm-up (ids, type registration, the thread's hook table, the
 /// subscriber's span slab).
 fn run_shapes(shapes: &[fn(u64)]) {
@@ -253,6 +278,8 @@ fn main() {
         shape_tokio_with_in_sync_scope,
         shape_run,
         shape_tokio_sync_scope,
+        shape_run_calling,
+        shape_tokio_sync_scope_calling,
     ]);
     // tracing's peers, under a registry subscriber made once: the shapes then count only what
     // each span costs, not the subscriber's construction.

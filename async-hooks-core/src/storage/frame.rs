@@ -17,7 +17,7 @@ use std::any::TypeId;
 use std::cell::Cell;
 use std::fmt;
 use std::marker::{PhantomData, PhantomPinned};
-use std::mem::MaybeUninit;
+use std::mem::{ManuallyDrop, MaybeUninit};
 use std::ptr::{self, NonNull};
 use std::slice;
 use std::sync::Arc;
@@ -1034,7 +1034,7 @@ impl FrameCell {
             _store: PhantomData::<fn() -> T>,
         };
         let result = f();
-        drop(leave);
+        leave.end();
         result
     }
 }
@@ -1061,75 +1061,138 @@ impl<T: Send + Sync + 'static, Restore: FnOnce(&Frame, FrameRef<'_>) -> Frame>
 {
     /// The end of a scope whose stack frame is no longer in the cell as itself: a capture left
     /// its promoted copy there (or the frame was on the heap from the start), or the code inside
-    /// changed the context.
+    /// changed the context. Takes the guard's fields by value, so that the guard's address is
+    /// never taken and it can live in registers.
     #[cold]
     #[inline(never)]
-    fn leave_moved(&mut self, current: *const FrameData) {
+    fn leave_moved(
+        cell: &FrameCell,
+        frame: *mut StackFrame,
+        previous: *const FrameData,
+        restore: Option<Restore>,
+        current: *const FrameData,
+    ) {
         // SAFETY: the stack frame lives until after this guard (see `run_stacked`).
-        let promoted = unsafe { (*self.frame).promoted.get() };
+        let promoted = unsafe { (*frame).promoted.get() };
         if current == promoted && !promoted.is_null() {
             // A heap frame from the start, or a capture left the stack frame's promoted copy in
             // the cell: the cell owns a reference to that copy, released here (the stack frame
             // releases its own).
-            self.cell.raw.set(self.previous);
+            cell.raw.set(previous);
             // SAFETY: an untagged pointer in the cell is the cell's reference.
             drop(unsafe { Frame::from_raw(promoted) });
         } else {
             // The code inside changed the context; every lend and stack frame inside it has ended,
             // so the cell holds a heap frame (or none) of its own.
-            let current = self.cell.take();
+            let current = cell.take();
             // SAFETY: the previous frame's owner is alive: this scope (untagged), a lender or an
             // outer stack frame.
-            let previous = unsafe { FrameCell::view(self.previous) };
-            let restore = self.restore.take().expect("a scope is left once");
-            self.cell.set(restore(&current, previous));
-            if !self.previous.is_null() && self.previous.addr() & TAGS == 0 {
+            let previous_frame = unsafe { FrameCell::view(previous) };
+            let restore = restore.expect("a scope is left once");
+            cell.set(restore(&current, previous_frame));
+            if !previous.is_null() && previous.addr() & TAGS == 0 {
                 // The cell's reference to the previous frame passed to this scope; nothing
                 // holds it any more.
                 // SAFETY: an untagged pointer in the cell is a heap frame reference, released
                 // exactly once, here.
-                drop(unsafe { Frame::from_raw(self.previous) });
+                drop(unsafe { Frame::from_raw(previous) });
             }
             drop(current);
         }
     }
 }
 
-impl<T: Send + Sync + 'static, Restore: FnOnce(&Frame, FrameRef<'_>) -> Frame> Drop
-    for Leave<'_, T, Restore>
+impl<'a, T: Send + Sync + 'static, Restore: FnOnce(&Frame, FrameRef<'_>) -> Frame>
+    Leave<'a, T, Restore>
 {
+    /// Ends the scope: the normal way out of [`FrameCell::run_with_entry`]. The guard's drop
+    /// only runs while unwinding; it hands the fields by value to one out-of-line call, which
+    /// LLVM inlines into the landing pad, so the guard need not be stored on the stack for it
+    /// (see `Entered::leave`).
+    #[inline(always)]
+    fn end(mut self) {
+        let restore = self.restore.take();
+        let this = ManuallyDrop::new(self);
+        Self::put_back(
+            this.cell,
+            this.frame,
+            this.previous,
+            this.slot,
+            this.shares,
+            restore,
+        );
+    }
+
     // Inlined into `run`: the common end (the stack frame still in the cell as itself) is a
     // compare and a store; the rest is out of line.
-    #[inline]
-    fn drop(&mut self) {
-        let current = self.cell.raw.get();
-        let stack = self.frame.cast_const().cast::<FrameData>();
+    #[inline(always)]
+    fn put_back(
+        cell: &FrameCell,
+        frame: *mut StackFrame,
+        previous: *const FrameData,
+        slot: usize,
+        shares: u64,
+        restore: Option<Restore>,
+    ) {
+        let current = cell.raw.get();
+        let stack = frame.cast_const().cast::<FrameData>();
         if current == stack.map_addr(|addr| addr | STACK) {
-            self.cell.raw.set(self.previous);
+            cell.raw.set(previous);
         } else {
-            self.leave_moved(current);
+            Self::leave_moved(cell, frame, previous, restore, current);
         }
         // SAFETY: initialised by `StackFrame::init`, no longer pointed at by the cell, and
         // dropped once, here (its own store first taken out, to be recycled after the heap copy,
         // if any, has released its reference).
         let value = unsafe {
-            let value = take_field_by_field(&raw mut (*self.frame).value);
-            ptr::drop_in_place(self.frame);
+            let value = take_field_by_field(&raw mut (*frame).value);
+            ptr::drop_in_place(frame);
             value
         };
         if let Some(value) = value {
-            if Recycled::shares() == self.shares {
+            if Recycled::shares() == shares {
                 // SAFETY: the store was fresh when the scope began (`run_with_entry` takes a
                 // `FreshValue`) and nothing on this thread has added a reference to any store
                 // since. Only this thread could reach it: through the stack frame, which only
                 // this thread's cell pointed at, and through bitwise copies of its entry in
                 // nested stack frames, which hold no reference and ended before this scope.
                 // And it is a `T`: the `FreshValue<T>` the scope began with.
-                unsafe { value.recycle_unshared::<T>(self.slot) };
+                unsafe { value.recycle_unshared::<T>(slot) };
             } else {
-                value.recycle(self.slot);
+                value.recycle(slot);
             }
         }
+    }
+
+    /// [`Leave::end`] while unwinding, from the fields.
+    #[cold]
+    #[inline(never)]
+    fn end_unwinding(
+        cell: &'a FrameCell,
+        frame: *mut StackFrame,
+        previous: *const FrameData,
+        slot: usize,
+        shares: u64,
+        restore: Option<Restore>,
+    ) {
+        Self::put_back(cell, frame, previous, slot, shares, restore);
+    }
+}
+
+impl<T: Send + Sync + 'static, Restore: FnOnce(&Frame, FrameRef<'_>) -> Frame> Drop
+    for Leave<'_, T, Restore>
+{
+    /// Only reached while unwinding out of the scope (see [`Leave::end`]).
+    #[inline(always)]
+    fn drop(&mut self) {
+        Self::end_unwinding(
+            self.cell,
+            self.frame,
+            self.previous,
+            self.slot,
+            self.shares,
+            self.restore.take(),
+        );
     }
 }
 
