@@ -244,6 +244,23 @@ fn shape_run_calling(rounds: u64) {
     }
 }
 
+static OTHERS: [AsyncLocalStorage<u64>; 3] = [const { AsyncLocalStorage::new() }; 3];
+
+/// `run` with three other storages active: its frame copies their entries around its own.
+#[inline(never)]
+fn shape_run_4_calling(rounds: u64) {
+    let [a, b, c] = &OTHERS;
+    a.run(1, || {
+        b.run(2, || {
+            c.run(3, || {
+                for i in 0..rounds {
+                    STORE.run(black_box(i), may_panic);
+                }
+            })
+        })
+    })
+}
+
 #[inline(never)]
 fn shape_tokio_sync_scope_calling(rounds: u64) {
     for i in 0..rounds {
@@ -279,6 +296,7 @@ fn main() {
         shape_run,
         shape_tokio_sync_scope,
         shape_run_calling,
+        shape_run_4_calling,
         shape_tokio_sync_scope_calling,
     ]);
     // tracing's peers, under a registry subscriber made once: the shapes then count only what

@@ -100,6 +100,14 @@ fn reads(c: &mut Criterion) {
     group.finish();
 }
 
+/// A call that may panic (never does).
+#[inline(never)]
+fn may_panic() {
+    if black_box(false) {
+        panic!("never");
+    }
+}
+
 fn writes(c: &mut Criterion) {
     let mut group = c.benchmark_group("run with N storages active");
     for n in [1usize, 4, 16, 100] {
@@ -113,6 +121,22 @@ fn writes(c: &mut Criterion) {
     }
     group.bench_function("tokio task_local sync_scope", |b| {
         b.iter(|| TASK_LOCAL.sync_scope(black_box(1), || black_box(())))
+    });
+    // A closure that calls a function that may panic, as real closures do: the scope guards'
+    // unwinding paths are then part of the code, which an empty closure's are not.
+    for n in [1usize, 4] {
+        let others: Vec<AsyncLocalStorage<u64>> =
+            (1..n).map(|_| AsyncLocalStorage::new()).collect();
+        with_active(&others, &mut || {
+            group.bench_with_input(
+                BenchmarkId::new("async-hooks run, closure calls out", n),
+                &n,
+                |b, _| b.iter(|| STORE.run(black_box(1), may_panic)),
+            );
+        });
+    }
+    group.bench_function("tokio task_local sync_scope, closure calls out", |b| {
+        b.iter(|| TASK_LOCAL.sync_scope(black_box(1), may_panic))
     });
     // What a store's `Arc` costs when it is made and dropped (a malloc, two atomic decrements
     // and a free): `get_store()` hands out `Arc<T>`, so `run` needs one, and reuses the
