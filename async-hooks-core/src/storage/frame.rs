@@ -569,14 +569,24 @@ impl Frame {
     #[cold]
     #[inline(never)]
     unsafe fn free(raw: *mut FrameData) {
+        /// Frees the allocation once the entries are dropped, also when a store's `Drop`
+        /// panics (`drop_in_place` still drops the other entries then), as a `Vec` does.
+        struct Dealloc(*mut FrameData, usize);
+        impl Drop for Dealloc {
+            fn drop(&mut self) {
+                // SAFETY: the allocation of a frame of this length, whose entries are dropped
+                // (or being dropped by the unwinding `drop_in_place`), freed once, here.
+                unsafe { dealloc(self.0.cast(), frame_layout(self.1)) }
+            }
+        }
         // SAFETY: per the caller: nothing else refers to the frame any more.
         unsafe {
             let len = (*raw).len;
+            let _dealloc = Dealloc(raw, len);
             ptr::drop_in_place(ptr::slice_from_raw_parts_mut(
                 raw.add(1).cast::<Entry>(),
                 len,
             ));
-            dealloc(raw.cast(), frame_layout(len));
         }
     }
 }
@@ -840,6 +850,7 @@ impl FrameCell {
     /// frame (`enter_with`, `disable`, a guard kept across polls), the replacement becomes the
     /// execution's own frame, as in Node an `enterWith` lasts for the rest of its execution
     /// context; then the previous pointer goes back.
+    ///
     /// `installed` is what [`FrameCell::enter`] put in: kept by the caller, it is compared with
     /// no load of the frame.
     #[inline(always)]
@@ -2085,6 +2096,25 @@ mod tests {
             assert!(result.is_err());
             assert_eq!(cached(6), None);
         });
+    }
+
+    #[test]
+    fn a_heap_frame_whose_store_panics_when_dropped_drops_the_others_and_frees_itself() {
+        struct Panics;
+        impl Drop for Panics {
+            fn drop(&mut self) {
+                panic!("store destructor");
+            }
+        }
+        let drops = Arc::new(AtomicUsize::new(0));
+        let frame = Frame::EMPTY
+            .with(1, Some(Some(Value::new(Arc::new(Panics)))))
+            .with(2, counted(&drops))
+            .with(3, counted(&drops));
+        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| drop(frame)));
+        assert!(result.is_err());
+        // Both other stores dropped; Miri reports the frame's allocation if it leaked.
+        assert_eq!(drops.load(Ordering::SeqCst), 2);
     }
 
     /// A scope's store that nothing shared is recycled without the locked check (debug builds
