@@ -748,6 +748,32 @@ mod tests {
     }
 
     #[test]
+    fn a_run_whose_end_drops_a_panicking_store_still_releases_its_own() {
+        /// Counts its drop; panics in it when `.1`.
+        struct Flagged(Arc<AtomicUsize>, bool);
+        impl Drop for Flagged {
+            fn drop(&mut self) {
+                self.0.fetch_add(1, Ordering::SeqCst);
+                if self.1 {
+                    panic!("store destructor");
+                }
+            }
+        }
+        let store: AsyncLocalStorage<Flagged> = AsyncLocalStorage::new();
+        let drops = Arc::new(AtomicUsize::new(0));
+        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            store.run(Flagged(drops.clone(), false), || {
+                // Restoring the run's previous store at its end drops this one, which panics.
+                store.enter_with(Flagged(drops.clone(), true));
+            })
+        }));
+        assert!(result.is_err());
+        // The run's own store went too, although the restore unwound.
+        assert_eq!(drops.load(Ordering::SeqCst), 2);
+        assert!(store.get_store().is_none());
+    }
+
+    #[test]
     fn with_store_keeps_its_store_while_the_closure_replaces_the_context() {
         let store: AsyncLocalStorage<Counted> = AsyncLocalStorage::new();
         let drops = Arc::new(AtomicUsize::new(0));

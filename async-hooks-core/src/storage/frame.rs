@@ -1076,13 +1076,39 @@ impl<T: Send + Sync + 'static, Restore: FnOnce(&Frame, FrameRef<'_>) -> Frame>
     /// never taken and it can live in registers.
     #[cold]
     #[inline(never)]
+    ///
+    /// A store dropped here (one the code inside entered for this scope's storage) may panic
+    /// in its `Drop`: the scope's own stack frame and store are then still released, by
+    /// `ReleaseOnUnwind`, once the cell no longer points at it.
     fn leave_moved(
         cell: &FrameCell,
         frame: *mut StackFrame,
         previous: *const FrameData,
         restore: Option<Restore>,
         current: *const FrameData,
+        slot: usize,
+        shares: u64,
     ) {
+        struct ReleaseOnUnwind<T: Send + Sync + 'static> {
+            frame: *mut StackFrame,
+            slot: usize,
+            shares: u64,
+            _store: PhantomData<fn() -> T>,
+        }
+        impl<T: Send + Sync + 'static> Drop for ReleaseOnUnwind<T> {
+            fn drop(&mut self) {
+                // SAFETY: only while unwinding out of `leave_moved`, whose every panicking
+                // step comes after the cell stopped pointing at the stack frame; the normal
+                // return forgets this guard, and the caller releases the frame instead.
+                unsafe { release_stack_frame::<T>(self.frame, self.slot, self.shares) }
+            }
+        }
+        let on_unwind = ReleaseOnUnwind::<T> {
+            frame,
+            slot,
+            shares,
+            _store: PhantomData,
+        };
         // SAFETY: the stack frame lives until after this guard (see `run_stacked`).
         let promoted = unsafe { (*frame).promoted.get() };
         if current == promoted && !promoted.is_null() {
@@ -1110,6 +1136,7 @@ impl<T: Send + Sync + 'static, Restore: FnOnce(&Frame, FrameRef<'_>) -> Frame>
             }
             drop(current);
         }
+        std::mem::forget(on_unwind);
     }
 }
 
@@ -1150,29 +1177,10 @@ impl<'a, T: Send + Sync + 'static, Restore: FnOnce(&Frame, FrameRef<'_>) -> Fram
         if current == stack.map_addr(|addr| addr | STACK) {
             cell.raw.set(previous);
         } else {
-            Self::leave_moved(cell, frame, previous, restore, current);
+            Self::leave_moved(cell, frame, previous, restore, current, slot, shares);
         }
-        // SAFETY: initialised by `StackFrame::init`, no longer pointed at by the cell, and
-        // dropped once, here (its own store first taken out, to be recycled after the heap copy,
-        // if any, has released its reference).
-        let value = unsafe {
-            let value = take_field_by_field(&raw mut (*frame).value);
-            ptr::drop_in_place(frame);
-            value
-        };
-        if let Some(value) = value {
-            if Recycled::shares() == shares {
-                // SAFETY: the store was fresh when the scope began (`run_with_entry` takes a
-                // `FreshValue`) and nothing on this thread has added a reference to any store
-                // since. Only this thread could reach it: through the stack frame, which only
-                // this thread's cell pointed at, and through bitwise copies of its entry in
-                // nested stack frames, which hold no reference and ended before this scope.
-                // And it is a `T`: the `FreshValue<T>` the scope began with.
-                unsafe { value.recycle_unshared::<T>(slot) };
-            } else {
-                value.recycle(slot);
-            }
-        }
+        // SAFETY: the stack frame is no longer pointed at by the cell, and released once, here.
+        unsafe { release_stack_frame::<T>(frame, slot, shares) };
     }
 
     /// [`Leave::end`] while unwinding, from the fields.
@@ -1204,6 +1212,40 @@ impl<T: Send + Sync + 'static, Restore: FnOnce(&Frame, FrameRef<'_>) -> Frame> D
             self.shares,
             self.restore.take(),
         );
+    }
+}
+
+/// Drops the stack frame and releases its own store (recycled when nothing shared it).
+///
+/// # Safety
+///
+/// `frame` must be initialised by `StackFrame::init`, no longer pointed at by the cell, and
+/// released once.
+#[inline(always)]
+unsafe fn release_stack_frame<T: Send + Sync + 'static>(
+    frame: *mut StackFrame,
+    slot: usize,
+    shares: u64,
+) {
+    // SAFETY: per the caller (its own store first taken out, to be recycled after the heap
+    // copy, if any, has released its reference).
+    let value = unsafe {
+        let value = take_field_by_field(&raw mut (*frame).value);
+        ptr::drop_in_place(frame);
+        value
+    };
+    if let Some(value) = value {
+        if Recycled::shares() == shares {
+            // SAFETY: the store was fresh when the scope began (`run_with_entry` takes a
+            // `FreshValue`) and nothing on this thread has added a reference to any store
+            // since. Only this thread could reach it: through the stack frame, which only
+            // this thread's cell pointed at, and through bitwise copies of its entry in
+            // nested stack frames, which hold no reference and ended before this scope.
+            // And it is a `T`: the `FreshValue<T>` the scope began with.
+            unsafe { value.recycle_unshared::<T>(slot) };
+        } else {
+            value.recycle(slot);
+        }
     }
 }
 
