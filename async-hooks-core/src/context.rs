@@ -299,7 +299,8 @@ impl<const EVENTS: bool, const KEEPS: bool> Entered<'_, EVENTS, KEEPS> {
 }
 
 impl<const EVENTS: bool, const KEEPS: bool> Drop for Entered<'_, EVENTS, KEEPS> {
-    /// Only reached while unwinding out of the scope (see [`Entered::leave`]).
+    /// Reached only while unwinding: every scope ends with [`Entered::leave`]. (Dropping the
+    /// guard anywhere else would still switch back, just out of line.)
     #[inline(always)]
     fn drop(&mut self) {
         Self::switch_back_unwinding(
