@@ -27,9 +27,12 @@ pub(crate) struct ThreadState {
     pub(crate) frame: FrameCell,
     /// The event whose hook callbacks are running on this thread (the innermost, when callbacks
     /// raise events of their own), on its dispatch's stack; null when none is. It says both
-    /// whether the thread is dispatching (checked with every event, hence here, next to the
-    /// rest of the hot state) and, for the fatal-panic report, which event.
+    /// whether a dispatch is the outermost and, for the fatal-panic report, which event.
     pub(crate) dispatching: Cell<*const hooks::Dispatching>,
+    /// The thread's view of the hook registry: the word checked by every event lives here, next
+    /// to the rest of the hot state.
+    #[cfg(not(async_hooks_loom))]
+    pub(crate) hooks: hooks::ThreadHooks,
 }
 
 // The fast access above depends on this: a thread-local with drop glue is reached through a
@@ -43,6 +46,8 @@ thread_local! {
             current: Cell::new(&ROOT_IDENTITY),
             frame: FrameCell::new(),
             dispatching: Cell::new(ptr::null()),
+            #[cfg(not(async_hooks_loom))]
+            hooks: hooks::ThreadHooks::new(),
         }
     };
 }

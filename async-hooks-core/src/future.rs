@@ -272,7 +272,7 @@ pub trait BindContext: Future + Sized {
     /// ```
     fn bind_context_as(self, type_name: &str) -> Instrumented<Self> {
         with_state(|state| {
-            if type_name.is_empty() && hooks::wants(Kind::Init) {
+            if type_name.is_empty() && hooks::would_reach_a_hook(Kind::Init) {
                 panic!(
                     "{}",
                     crate::Error::new(

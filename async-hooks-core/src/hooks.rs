@@ -4,8 +4,16 @@
 //! [`HookTable`] (one list per event kind) with a version number. Each thread caches the table it
 //! last saw and refreshes it only at the start of an outermost dispatch, which gives SPEC.md's
 //! deferral rule for free: changes made while a thread is dispatching apply when its outermost
-//! dispatch returns. With no hook enabled for an event kind, emitting it costs one relaxed atomic
-//! load.
+//! dispatch returns.
+//!
+//! Whether an event is dispatched at all is decided by a word in the thread's own state, the
+//! kinds it wants ([`ThreadHooks::wants`]): with no hook enabled for an event kind, emitting it
+//! costs one relaxed load of that word and a branch. The registry keeps the list of threads and
+//! sets the bits of the kinds a newly published table adds in every thread's word; a thread
+//! clears the bits its new table no longer has when it refreshes. Both happen under the
+//! registry's lock, so no update is lost, and a word always covers the kinds of the registry's
+//! table (so no event a hook wants is skipped) and of the thread's cached table (so events
+//! raised inside callbacks still reach it).
 
 use std::cell::Cell;
 use std::fmt;
@@ -14,7 +22,7 @@ use std::panic::{self, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Once, PoisonError};
 
-use self::sync::{AtomicU32, AtomicU64, Mutex, MutexGuard};
+use self::sync::{AtomicU8, AtomicU64, Mutex, MutexGuard};
 
 use crate::context::{thread_state, with_state};
 use crate::id::AsyncId;
@@ -25,11 +33,11 @@ use crate::resource::Resource;
 /// switch tokio's own loom code on.
 mod sync {
     #[cfg(async_hooks_loom)]
-    pub(super) use loom::sync::atomic::{AtomicU32, AtomicU64};
+    pub(super) use loom::sync::atomic::{AtomicU8, AtomicU64};
     #[cfg(async_hooks_loom)]
     pub(super) use loom::sync::{Mutex, MutexGuard};
     #[cfg(not(async_hooks_loom))]
-    pub(super) use std::sync::atomic::{AtomicU32, AtomicU64};
+    pub(super) use std::sync::atomic::{AtomicU8, AtomicU64};
     #[cfg(not(async_hooks_loom))]
     pub(super) use std::sync::{Mutex, MutexGuard};
 }
@@ -591,6 +599,8 @@ impl AsyncHook {
 #[derive(Default)]
 struct HookTable {
     by_kind: [Vec<Arc<HookInner>>; 5],
+    /// The kinds whose list is not empty, as [`EventMask`] bits.
+    kinds: u8,
 }
 
 impl HookTable {
@@ -600,21 +610,44 @@ impl HookTable {
     }
 }
 
-/// The enabled hooks in enable order and the last table published from them.
+/// A registered thread's [`ThreadHooks::wants`] word.
+struct ThreadWord(std::ptr::NonNull<AtomicU8>);
+
+// SAFETY: the pointer is only used to reach an atomic, under the registry's lock, and the word's
+// thread removes it from the registry (under the same lock) before the word goes away.
+#[allow(unsafe_code)]
+unsafe impl Send for ThreadWord {}
+
+impl ThreadWord {
+    fn of(hooks: &ThreadHooks) -> ThreadWord {
+        ThreadWord(std::ptr::NonNull::from(&hooks.wants))
+    }
+
+    /// Adds `kinds` to the thread's word; called with the registry's lock held.
+    fn add(&self, kinds: u8) {
+        // SAFETY: a registered word is alive: its thread deregisters it, under the lock the
+        // caller holds, before it goes away (`ThreadHooks::release`).
+        #[allow(unsafe_code)]
+        let word = unsafe { self.0.as_ref() };
+        word.fetch_or(kinds, Ordering::Relaxed);
+    }
+}
+
+/// The enabled hooks in enable order, the last table published from them, and the threads whose
+/// words `publish` keeps up to date.
 struct Registry {
     enabled: Vec<Arc<HookInner>>,
     table: Option<Arc<HookTable>>,
     version: u64,
+    threads: Vec<ThreadWord>,
 }
 
-/// The registry behind its lock, with what readers check without taking it. The process has one,
-/// [`registry()`]; the loom tests make one per model run.
+/// The registry behind its lock, with the version readers check without taking it. The process
+/// has one, [`registry()`]; the loom tests make one per model run.
 struct HookRegistry {
     locked: Mutex<Registry>,
     /// Bumped (under the lock) each time a new table is published.
     version: AtomicU64,
-    /// Enabled hooks per event kind: the fast path's only check.
-    counts: [AtomicU32; 5],
 }
 
 #[cfg(not(async_hooks_loom))]
@@ -637,23 +670,28 @@ fn registry() -> &'static HookRegistry {
 }
 
 impl Registry {
-    /// No hook enabled, nothing published yet.
+    /// No hook enabled, nothing published yet, no thread registered.
     const EMPTY: Registry = Registry {
         enabled: Vec::new(),
         table: None,
         version: 0,
+        threads: Vec::new(),
     };
+
+    /// The kinds of the published table.
+    fn kinds(&self) -> u8 {
+        self.table.as_ref().map_or(0, |table| table.kinds)
+    }
 }
 
 // Two constructors only because loom's primitives cannot be built in a `const fn` (the std one
-// must be, for the `static`); they differ in how the counts array is built.
+// must be, for the `static`).
 impl HookRegistry {
     #[cfg(not(async_hooks_loom))]
     const fn new() -> HookRegistry {
         HookRegistry {
             locked: Mutex::new(Registry::EMPTY),
             version: AtomicU64::new(0),
-            counts: [const { AtomicU32::new(0) }; 5],
         }
     }
 
@@ -662,7 +700,6 @@ impl HookRegistry {
         HookRegistry {
             locked: Mutex::new(Registry::EMPTY),
             version: AtomicU64::new(0),
-            counts: std::array::from_fn(|_| AtomicU32::new(0)),
         }
     }
 
@@ -704,31 +741,38 @@ impl HookRegistry {
             for kind in Kind::ALL {
                 if hook.events.contains(kind.mask()) {
                     table.by_kind[kind as usize].push(hook.clone());
+                    table.kinds |= kind.mask().0;
                 }
             }
         }
-        for kind in Kind::ALL {
-            self.counts[kind as usize].store(table.list(kind).len() as u32, Ordering::Relaxed);
+        // Every registered word covers the old table's kinds; the new ones are added before the
+        // version is bumped. Kinds the table no longer has are left set: each thread clears them
+        // when its next event takes it to a refresh (a disable writes no thread's word).
+        let added = table.kinds & !registry.kinds();
+        if added != 0 {
+            for thread in &registry.threads {
+                thread.add(added);
+            }
         }
         registry.table = Some(Arc::new(table));
         registry.version += 1;
         self.version.store(registry.version, Ordering::Release);
     }
-
-    /// How many hooks are enabled for `kind`: the fast path's one relaxed load (`wants` adds
-    /// whether the thread is dispatching).
-    #[inline(always)]
-    fn enabled_count(&self, kind: Kind) -> u32 {
-        self.counts[kind as usize].load(Ordering::Relaxed)
-    }
 }
 
 /// A thread's view of the registry (the event it is dispatching is in the thread's hot state,
-/// `ThreadState::dispatching`). Only `Cell`s of plain values, so that the thread-local holding it
-/// has no destructor and is reached with one plain access; the reference to the cached table
-/// that it owns is released at thread exit by [`ReleaseTable`].
+/// `ThreadState::dispatching`). It is part of the thread's state, whose thread-local has no
+/// destructor: the reference to the cached table that it owns, and its place in the registry's
+/// list of threads, are released at thread exit by [`ReleaseTable`].
 pub(crate) struct ThreadHooks {
-    /// The registry version `table` was published as; [`STALE`] when none is cached.
+    /// The kinds of event this thread takes to [`dispatch`], as [`EventMask`] bits: every kind
+    /// until the thread first refreshes (which registers it), then at least the kinds of the
+    /// registry's table and of `table`; none once the thread's exit has released it. Written
+    /// only under the registry's lock (by `publish` and by `refresh`, and by `release` when the
+    /// thread exits), read with one relaxed load for every event.
+    wants: AtomicU8,
+    /// The registry version `table` was published as; [`STALE`] when none is cached (and then
+    /// the thread is not in the registry's list).
     version: Cell<u64>,
     /// The cached table: null, or from `Arc::into_raw`, owning one strong reference. Replaced
     /// only at the start of an outermost dispatch (depth 0), so a dispatch reads it without a
@@ -747,11 +791,31 @@ pub(crate) struct Dispatching {
 const STALE: u64 = u64::MAX;
 
 impl ThreadHooks {
+    /// A thread that has not seen the registry yet: its first event of each kind goes to
+    /// [`dispatch`], whose refresh registers it.
+    #[cfg(not(async_hooks_loom))]
     pub(crate) const fn new() -> Self {
         ThreadHooks {
+            wants: AtomicU8::new(EventMask::ALL.0),
             version: Cell::new(STALE),
             table: Cell::new(std::ptr::null()),
         }
+    }
+
+    #[cfg(async_hooks_loom)]
+    pub(crate) fn new() -> Self {
+        ThreadHooks {
+            wants: AtomicU8::new(EventMask::ALL.0),
+            version: Cell::new(STALE),
+            table: Cell::new(std::ptr::null()),
+        }
+    }
+
+    /// Whether an event of `kind` goes to [`dispatch`] on this thread: one relaxed load and a
+    /// bit test. A set bit may be stale (a hook since disabled): the dispatch then finds no hook.
+    #[inline(always)]
+    fn wants(&self, kind: Kind) -> bool {
+        self.wants.load(Ordering::Relaxed) & kind.mask().0 != 0
     }
 
     /// The table an event is dispatched to on this thread: refreshed from `registry` at the
@@ -772,29 +836,50 @@ impl ThreadHooks {
         }
     }
 
-    /// Caches the registry's current table (slow path: a hook was enabled or disabled since).
+    /// Caches the registry's current table and sets `wants` to its kinds, registering the thread
+    /// on its first call (slow path: a hook was enabled or disabled since, or this is the
+    /// thread's first event of a kind).
     #[cold]
     #[inline(never)]
     fn refresh(&self, registry: &HookRegistry) {
         if !ReleaseTable::armed() {
-            // This thread is exiting and its cache was already released: events are no longer
-            // delivered on it.
+            // This thread is exiting and its cache was already released (or never made): events
+            // are no longer delivered on it. Not registered, so no other thread writes `wants`.
+            self.wants.store(0, Ordering::Relaxed);
             return;
         }
-        let (table, version) = {
-            let registry = registry.lock();
-            (registry.table.clone(), registry.version)
+        let table = {
+            let mut locked = registry.lock();
+            if self.version.get() == STALE {
+                locked.threads.push(ThreadWord::of(self));
+            }
+            // Exactly the new table's kinds: a bit that `publish` set for a table since replaced
+            // is cleared here, under the lock, so no bit a concurrent `publish` adds is lost.
+            self.wants.store(locked.kinds(), Ordering::Relaxed);
+            self.version.set(locked.version);
+            locked.table.clone()
         };
         let table = table.map_or(std::ptr::null(), Arc::into_raw);
         let old = self.table.replace(table);
-        self.version.set(version);
         // Released last: dropping the old table may drop a hook's callbacks, which may run user
         // code (raising events of its own).
         Self::release_raw(old);
     }
 
-    /// Releases the cached table (at thread exit, or at the end of a loom model run).
-    fn release(&self) {
+    /// Leaves `registry`'s list of threads and releases the cached table (at thread exit, or at
+    /// the end of a loom model run). Events raised on the thread afterwards are not dispatched.
+    // Under loom only the models call it (`ReleaseTable` does nothing there).
+    #[cfg_attr(all(async_hooks_loom, not(test)), allow(dead_code))]
+    fn release(&self, registry: &HookRegistry) {
+        if self.version.get() != STALE {
+            let mut locked = registry.lock();
+            let word = ThreadWord::of(self).0;
+            let at = locked.threads.iter().position(|thread| thread.0 == word);
+            locked
+                .threads
+                .swap_remove(at.expect("a thread with a cached version is registered"));
+            self.wants.store(0, Ordering::Relaxed);
+        }
         self.version.set(STALE);
         Self::release_raw(self.table.replace(std::ptr::null()));
     }
@@ -809,8 +894,8 @@ impl ThreadHooks {
     }
 }
 
-/// Releases the thread's cached table when the thread exits. Its thread-local is touched by
-/// every refresh, which registers the destructor.
+/// Deregisters the thread and releases its cached table when the thread exits. Its
+/// thread-local is touched by every refresh, which registers the destructor.
 struct ReleaseTable;
 
 impl ReleaseTable {
@@ -822,44 +907,64 @@ impl ReleaseTable {
 
 impl Drop for ReleaseTable {
     fn drop(&mut self) {
-        with_thread_hooks(ThreadHooks::release);
+        // Under loom, the models' threads release their own views (and the process's registry
+        // cannot be reached outside a model).
+        #[cfg(not(async_hooks_loom))]
+        thread_hooks().release(registry());
     }
 }
 
 thread_local! {
-    /// This thread's view of the registry.
-    static THREAD_HOOKS: ThreadHooks = const { ThreadHooks::new() };
-
     static RELEASE_TABLE: ReleaseTable = const { ReleaseTable };
 }
 
-// The hot checks depend on this: a thread-local with drop glue is reached through a lazily
-// registering accessor instead.
+// The thread's state holds it, and the hot checks depend on that state's thread-local having no
+// drop glue (one with drop glue is reached through a lazily registering accessor instead).
 const _: () = assert!(!std::mem::needs_drop::<ThreadHooks>());
 
-/// Runs `f` with this thread's [`ThreadHooks`].
+/// This thread's [`ThreadHooks`], part of its hot state: the check of every event is a load
+/// relative to the state the poll or scope already addresses.
+#[cfg(not(async_hooks_loom))]
 #[inline(always)]
-fn with_thread_hooks<R>(f: impl FnOnce(&ThreadHooks) -> R) -> R {
-    // Only the pointer is taken inside `with`, so that the access always inlines to a
-    // thread-pointer-relative address (with the whole dispatch inside `with`, LLVM kept the
-    // generic accessor call).
-    let hooks = THREAD_HOOKS.with(std::ptr::from_ref);
-    // SAFETY: a `const`-initialised thread-local without drop glue is never destroyed before its
-    // thread ends, so the pointer is valid for this call; the reference cannot leave the thread
-    // (`ThreadHooks` is `!Sync`) and lives only for `f`.
-    #[allow(unsafe_code)]
-    f(unsafe { &*hooks })
+fn thread_hooks<'a>() -> &'a ThreadHooks {
+    &thread_state().hooks
 }
 
-/// Whether an event of `kind` would reach any hook on this thread: the relaxed load of the kind's
-/// hook count and the thread's dispatch record, or-ed and tested with one branch.
-#[inline]
+/// This thread's [`ThreadHooks`] (loom's atomics cannot be built in a `const` thread-local; the
+/// loom models give each of their threads its own instead, and run no real event).
+#[cfg(async_hooks_loom)]
+fn thread_hooks<'a>() -> &'a ThreadHooks {
+    thread_local! {
+        static THREAD_HOOKS: ThreadHooks = ThreadHooks::new();
+    }
+    let hooks = THREAD_HOOKS.with(std::ptr::from_ref);
+    // SAFETY: only for the loom build, which raises no event on a real thread; the pointer is
+    // valid while the thread's locals are.
+    #[allow(unsafe_code)]
+    unsafe {
+        &*hooks
+    }
+}
+
+/// Whether an event of `kind` would reach a hook on this thread: one relaxed load of the
+/// thread's word and a branch (see [`ThreadHooks::wants`]).
+#[inline(always)]
 pub(crate) fn wants(kind: Kind) -> bool {
-    // Both words or-ed and tested once: written with `||`, LLVM tested each into a flag and
-    // branched on both flags.
-    let count = registry().enabled_count(kind) as usize;
-    let dispatching = thread_state().dispatching.get().addr();
-    count | dispatching != 0
+    thread_hooks().wants(kind)
+}
+
+/// Whether an event of `kind` raised now on this thread would reach a hook: exact where
+/// [`wants`] may be stale, for decisions that depend on it (an empty type name is an error only
+/// while an `init` hook would see it). Takes the table a dispatch would, refreshing it when not
+/// inside a dispatch.
+#[inline]
+pub(crate) fn would_reach_a_hook(kind: Kind) -> bool {
+    wants(kind) && {
+        let outermost = thread_state().dispatching.get().is_null();
+        thread_hooks()
+            .dispatch_table(registry(), outermost)
+            .is_some_and(|table| !table.list(kind).is_empty())
+    }
 }
 
 /// Emits `init` for a new resource. The caller checked [`wants`]`(Kind::Init)` (it made the
@@ -949,29 +1054,26 @@ pub(crate) fn emit_destroy(async_id: AsyncId) {
 /// thread's exit has released its view of the registry, events are not delivered.
 #[inline(always)]
 fn dispatch(kind: Kind, async_id: AsyncId, deliver: impl Fn(&Callbacks)) {
-    with_state(|state| {
-        with_thread_hooks(|hooks| {
-            let outer = state.dispatching.get();
-            let Some(table) = hooks.dispatch_table(registry(), outer.is_null()) else {
-                return;
-            };
-            let list = table.list(kind);
-            if list.is_empty() {
-                return;
-            }
-            let event = Dispatching { kind, async_id };
-            // No guard puts `outer` back: nothing unwinds out of here (a panicking callback is
-            // fatal, below), so the store at the end always runs, before `event` goes.
-            state.dispatching.set(&event);
-            if let [hook] = list {
-                // The common case, one hook for the kind: no loop state to keep across the call.
-                deliver_to(kind, async_id, &deliver, hook);
-            } else {
-                deliver_to_each(kind, async_id, &deliver, list);
-            }
-            state.dispatching.set(outer);
-        })
-    });
+    let state = thread_state();
+    let outer = state.dispatching.get();
+    let Some(table) = thread_hooks().dispatch_table(registry(), outer.is_null()) else {
+        return;
+    };
+    let list = table.list(kind);
+    if list.is_empty() {
+        return;
+    }
+    let event = Dispatching { kind, async_id };
+    // No guard puts `outer` back: nothing unwinds out of here (a panicking callback is fatal,
+    // below), so the store at the end always runs, before `event` goes.
+    state.dispatching.set(&event);
+    if let [hook] = list {
+        // The common case, one hook for the kind: no loop state to keep across the call.
+        deliver_to(kind, async_id, &deliver, hook);
+    } else {
+        deliver_to_each(kind, async_id, &deliver, list);
+    }
+    state.dispatching.set(outer);
 }
 
 /// Delivers an event to one hook; a panicking callback is fatal.
@@ -1108,6 +1210,36 @@ mod tests {
             );
             std::thread::sleep(std::time::Duration::from_millis(1));
         }
+    }
+
+    /// The registry's raw pointers to threads' words under Miri: threads register with their
+    /// first event and leave when they exit, while enabling a hook writes every registered word.
+    /// A thread that did not leave would be written after its word is gone.
+    #[test]
+    fn threads_register_with_their_first_event_and_leave_the_registry_when_they_exit() {
+        let hook = create_hook(Hooks::new().promise_resolve(|_| {}));
+        for _ in 0..if cfg!(miri) { 3 } else { 20 } {
+            let thread = std::thread::spawn(|| {
+                let word = ThreadWord::of(thread_hooks()).0;
+                let listed = || registry().lock().threads.iter().any(|t| t.0 == word);
+                assert!(!listed(), "listed before its first event");
+                assert!(
+                    wants(Kind::Destroy),
+                    "a new thread takes its first event to dispatch"
+                );
+                emit_destroy(AsyncId::from_u64(u64::MAX));
+                assert!(listed(), "not listed after its first event");
+            });
+            // Races the thread's exit: adds `promise_resolve` to every registered word.
+            hook.enable();
+            thread.join().unwrap();
+            hook.disable();
+        }
+        // Registered, and then the enable reached this thread's word.
+        emit_destroy(AsyncId::from_u64(u64::MAX));
+        hook.enable();
+        assert!(wants(Kind::PromiseResolve));
+        hook.disable();
     }
 
     #[test]

@@ -28,7 +28,7 @@ pub struct ResourceType {
 /// The interned type for a resource created with `type_name`: `ERR_ASYNC_TYPE` if the name is
 /// empty while an `init` hook would see it.
 fn checked_type(type_name: &str) -> Result<&'static ResourceType, Error> {
-    if type_name.is_empty() && hooks::wants(Kind::Init) {
+    if type_name.is_empty() && hooks::would_reach_a_hook(Kind::Init) {
         return Err(Error::new(
             ErrorKind::AsyncType,
             "the resource type name is empty; give the resource a non-empty type name such as \"WorkerTask\"",

@@ -1,5 +1,6 @@
 //! loom model tests of the hook registry: `enable`/`disable` on one thread while another
-//! dispatches, and concurrent `enable`/`disable`.
+//! dispatches, a thread leaving the registry while another publishes, and concurrent
+//! `enable`/`disable`.
 //!
 //! Built only with `--cfg async_hooks_loom`, which puts the registry's lock and atomics on loom's:
 //!
@@ -9,19 +10,18 @@
 //! ```
 //!
 //! Each model builds its own [`HookRegistry`] (loom forbids sharing a `static` across its runs)
-//! and gives each loom thread its own [`ThreadHooks`], the per-thread cache that `dispatch` keeps
-//! in a thread-local. [`deliver`] is `emit` + `dispatch` without the callbacks: `wants`
-//! (`enabled_count(kind) != 0 || depth != 0`, restated here because the production `wants` reads
-//! whether the thread is dispatching from a thread-local), then `ThreadHooks::dispatch_table`
-//! (refresh in an outermost dispatch, depth 0, only) and the list for the event's kind. loom
-//! explores every distinct interleaving of the registry's lock, `version` and `counts`
-//! operations and of the tests' flags, with no preemption bound, under the C11 memory model
-//! (relaxed loads may return any value the model allows).
+//! and gives each loom thread its own [`ThreadHooks`], the per-thread view that production keeps
+//! in the thread's state. [`deliver`] is `emit` + `dispatch` without the callbacks: the
+//! production check `ThreadHooks::wants` (the thread's word), then `ThreadHooks::dispatch_table`
+//! (refresh, which registers the thread, in an outermost dispatch, depth 0, only) and the list
+//! for the event's kind. loom explores every distinct interleaving of the registry's lock, its
+//! `version`, the threads' words and the tests' flags, with no preemption bound, under the C11
+//! memory model (relaxed loads may return any value the model allows).
 //!
-//! What is *not* modelled: the `THREAD_HOOKS` and `ThreadState` thread-locals (loom runs its
-//! threads on one OS thread, so std thread-locals would be shared; the tests pass the depth
-//! explicitly), the hooks' `Arc` reference counts and `enabled` flags (std atomics, not part of
-//! the protocol), and the callbacks themselves.
+//! What is *not* modelled: the `ThreadState` thread-local (loom runs its threads on one OS
+//! thread, so std thread-locals would be shared; the tests pass the depth explicitly), the
+//! hooks' `Arc` reference counts and `enabled` flags (std atomics, not part of the protocol), and
+//! the callbacks themselves.
 
 use std::sync::atomic::{AtomicUsize, Ordering as StdOrdering};
 use std::sync::{Arc, Mutex as StdMutex};
@@ -78,26 +78,34 @@ impl Named {
     }
 }
 
-/// A loom thread's [`ThreadHooks`], which releases its cached table when the thread's model run
-/// ends (in production, the thread's exit does).
-struct Cache(ThreadHooks);
+/// A loom thread's [`ThreadHooks`], which leaves the registry and releases its cached table
+/// when the thread's model run ends (in production, the thread's exit does). Boxed: the registry
+/// keeps a pointer to its word, so it must not move once registered (in production it lives in a
+/// thread-local).
+struct Cache {
+    hooks: Box<ThreadHooks>,
+    registry: Arc<HookRegistry>,
+}
 
 impl Cache {
-    fn new() -> Cache {
-        Cache(ThreadHooks::new())
+    fn new(registry: &Arc<HookRegistry>) -> Cache {
+        Cache {
+            hooks: Box::new(ThreadHooks::new()),
+            registry: registry.clone(),
+        }
     }
 }
 
 impl std::ops::Deref for Cache {
     type Target = ThreadHooks;
     fn deref(&self) -> &ThreadHooks {
-        &self.0
+        &self.hooks
     }
 }
 
 impl Drop for Cache {
     fn drop(&mut self) {
-        self.0.release();
+        self.hooks.release(&self.registry);
     }
 }
 
@@ -110,7 +118,7 @@ fn deliver(
     kind: Kind,
     depth: u32,
 ) -> Vec<&'static str> {
-    if !(registry.enabled_count(kind) != 0 || depth != 0) {
+    if !cache.wants(kind) {
         return Vec::new();
     }
     let table = cache.dispatch_table(registry, depth == 0);
@@ -155,7 +163,7 @@ fn loom_enable_racing_a_dispatch_delivers_whole_tables() {
             let b = {
                 let (named, registry) = (named.clone(), registry.clone());
                 thread::spawn(move || {
-                    let cache = Cache::new();
+                    let cache = Cache::new(&registry);
                     let mut saw_h = false;
                     for kind in [Kind::Init, Kind::Before, Kind::Init] {
                         let got = deliver(&named, &registry, &cache, kind, 0);
@@ -179,7 +187,7 @@ fn loom_enable_racing_a_dispatch_delivers_whole_tables() {
 
 /// Thread A enables `H`, then signals B through a Release/Acquire flag, then enables `K`. B's
 /// first dispatch (before the signal) caches a table; its next outermost dispatches after the
-/// signal deliver to `H` (also `before`, which only `H` wants: the relaxed count must not skip
+/// signal deliver to `H` (also `before`, which only `H` wants: the relaxed word must not skip
 /// it), while A may still be publishing `K`.
 #[test]
 fn loom_enable_then_signal_reaches_the_next_outermost_dispatch() {
@@ -199,7 +207,7 @@ fn loom_enable_then_signal_reaches_the_next_outermost_dispatch() {
                     named.enable(&registry, "K");
                 })
             };
-            let cache = Cache::new();
+            let cache = Cache::new(&registry);
             let first = deliver(&named, &registry, &cache, Kind::Init, 0);
             assert!(
                 [&["G"][..], &["G", "H"], &["G", "H", "K"]].contains(&&first[..]),
@@ -250,7 +258,7 @@ fn loom_disable_during_a_dispatch_applies_when_the_outermost_returns() {
                     disabled.store(true, Ordering::Release);
                 })
             };
-            let cache = Cache::new();
+            let cache = Cache::new(&registry);
             {
                 // The outermost `init` dispatch: the table it delivers to, held while the
                 // callbacks run (as `dispatch` holds it).
@@ -270,10 +278,62 @@ fn loom_disable_during_a_dispatch_applies_when_the_outermost_returns() {
             while !disabled.load(Ordering::Acquire) {
                 thread::yield_now();
             }
-            assert_eq!(registry.enabled_count(Kind::Before), 0, "count of `before`");
+            // The thread's word still has `before` (a disable writes no thread's word) until
+            // this outermost event's refresh clears it.
             assert!(deliver(&named, &registry, &cache, Kind::Before, 0).is_empty());
+            assert!(
+                !cache.wants(Kind::Before),
+                "`before` left in the thread's word"
+            );
             assert_eq!(deliver(&named, &registry, &cache, Kind::Init, 0), ["G"]);
             a.join().unwrap();
+        },
+    );
+}
+
+/// Thread B registers (its first event) and then exits (its view is released) while thread A
+/// enables `H`, which adds `before` to every registered thread's word. Whatever the order, A
+/// writes B's word only while B is registered, B's events before it exits go to a whole table,
+/// and the registry ends with no thread listed. Thread C, registered before A starts and alive
+/// throughout, has `before` in its word once A is joined, and its next `before` reaches `H`.
+#[test]
+fn loom_a_thread_leaving_while_a_hook_is_enabled_is_never_written_after() {
+    explore(
+        "loom_a_thread_leaving_while_a_hook_is_enabled_is_never_written_after",
+        || {
+            let named = Arc::new(Named::new(&[("G", false), ("H", true)]));
+            let registry = Arc::new(HookRegistry::new());
+            named.enable(&registry, "G");
+            let c = Cache::new(&registry);
+            assert_eq!(deliver(&named, &registry, &c, Kind::Init, 0), ["G"]);
+            assert!(
+                !c.wants(Kind::Before),
+                "C's word before H: {:?}",
+                Kind::Before
+            );
+
+            let a = {
+                let (named, registry) = (named.clone(), registry.clone());
+                thread::spawn(move || assert!(named.enable(&registry, "H")))
+            };
+            let b = {
+                let (named, registry) = (named.clone(), registry.clone());
+                thread::spawn(move || {
+                    let cache = Cache::new(&registry);
+                    let got = deliver(&named, &registry, &cache, Kind::Init, 0);
+                    assert!(
+                        got == ["G"] || got == ["G", "H"],
+                        "init delivered to {got:?}"
+                    );
+                    drop(cache);
+                })
+            };
+            a.join().unwrap();
+            b.join().unwrap();
+            assert!(c.wants(Kind::Before), "enable did not reach C's word");
+            assert_eq!(deliver(&named, &registry, &c, Kind::Before, 0), ["H"]);
+            drop(c);
+            assert!(registry.lock().threads.is_empty(), "a thread left listed");
         },
     );
 }
@@ -304,8 +364,8 @@ fn run_sequentially(
 
 /// Threads A and B enable and disable hooks concurrently (A: enable `Q`, disable `P`; B: enable
 /// `R`, re-enable `P`). At the end the enabled list is the outcome of one of the sequential
-/// orders, the published table is exactly that list per kind in enable order, each count equals
-/// its list's length, `version` equals the number of publishes, each `is_enabled()` agrees, and
+/// orders, the published table is exactly that list per kind in enable order, its kinds are
+/// those of its non-empty lists, `version` equals the number of publishes, each `is_enabled()` agrees, and
 /// each thread saw `version` grow with its own changes.
 #[test]
 fn loom_concurrent_enable_and_disable_leave_a_consistent_registry() {
@@ -369,8 +429,12 @@ fn loom_concurrent_enable_and_disable_leave_a_consistent_registry() {
                     .collect();
                 let listed: Vec<_> = table.list(kind).iter().map(|h| named.name_of(h)).collect();
                 assert_eq!(listed, expected, "{kind:?} list");
-                let count = registry.counts[kind as usize].load(Ordering::Relaxed);
-                assert_eq!(count as usize, listed.len(), "{kind:?} count");
+                let in_kinds = table.kinds & kind.mask().0 != 0;
+                assert_eq!(
+                    in_kinds,
+                    !listed.is_empty(),
+                    "{kind:?} in the table's kinds"
+                );
             }
             for (name, hook) in &named.0 {
                 assert_eq!(
