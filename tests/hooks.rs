@@ -237,6 +237,94 @@ fn hooks_see_events_from_other_threads() {
     );
 }
 
+/// A thread's events are checked against its own word of wanted kinds: one that raised events
+/// before any hook was enabled (and so wants none) gets a hook enabled later from another thread
+/// at its next event, and none after it is disabled.
+#[test]
+fn a_thread_that_saw_no_hooks_gets_one_enabled_later_by_another_thread() {
+    let _serial = serial();
+    let (to_thread, from_main) = std::sync::mpsc::channel::<bool>();
+    let (to_main, from_thread) = std::sync::mpsc::channel();
+    let thread = std::thread::spawn(move || {
+        // Events with no hook enabled: the thread joins the registry with no kind wanted.
+        drop(AsyncResource::new("Before"));
+        to_main.send(None).unwrap();
+        while let Ok(enabled) = from_main.recv() {
+            let r = AsyncResource::new(if enabled { "Seen" } else { "Unseen" });
+            r.run_in_async_scope(|| {});
+            let id = r.async_id();
+            drop(r);
+            to_main.send(Some(id)).unwrap();
+        }
+    });
+    let log = Log::default();
+    assert_eq!(from_thread.recv().unwrap(), None);
+    let hook = recorder("A", &log).enable();
+    to_thread.send(true).unwrap();
+    let seen = from_thread.recv().unwrap().unwrap();
+    hook.disable();
+    to_thread.send(false).unwrap();
+    from_thread.recv().unwrap().unwrap();
+    drop(to_thread);
+    thread.join().unwrap();
+    assert_eq!(
+        log.take(),
+        [
+            format!("A init Seen({seen}) trigger=1"),
+            format!("A before {seen}"),
+            format!("A after {seen}"),
+            format!("A destroy {seen}"),
+        ]
+    );
+}
+
+/// Many short-lived threads join the registry with their first event and leave it when they
+/// exit, while hooks are enabled and disabled: every event raised while a hook was enabled
+/// throughout reaches it, exactly once.
+#[test]
+fn threads_joining_and_leaving_while_hooks_toggle_lose_no_event() {
+    let _serial = serial();
+    let inits = Arc::new(AtomicUsize::new(0));
+    let counted = inits.clone();
+    let steady = create_hook(Hooks::new().init(move |_, ty, _, _| {
+        if ty == "Churn" {
+            counted.fetch_add(1, Ordering::Relaxed);
+        }
+    }))
+    .enable();
+    let toggled = create_hook(Hooks::new().before(|_| {}).promise_resolve(|_| {}));
+    let stop = Arc::new(AtomicBool::new(false));
+    let toggler = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                toggled.enable();
+                toggled.disable();
+            }
+        })
+    };
+    const THREADS: usize = 200;
+    const EACH: usize = 10;
+    for _ in 0..THREADS / 10 {
+        let batch: Vec<_> = (0..10)
+            .map(|_| {
+                std::thread::spawn(|| {
+                    for _ in 0..EACH {
+                        AsyncResource::new("Churn").run_in_async_scope(|| {});
+                    }
+                })
+            })
+            .collect();
+        for thread in batch {
+            thread.join().unwrap();
+        }
+    }
+    stop.store(true, Ordering::Relaxed);
+    toggler.join().unwrap();
+    steady.disable();
+    assert_eq!(inits.load(Ordering::Relaxed), THREADS * EACH);
+}
+
 #[test]
 fn execution_async_resource_is_the_handle_given_to_init() {
     let _serial = serial();
