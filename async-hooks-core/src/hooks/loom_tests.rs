@@ -308,8 +308,7 @@ fn loom_a_thread_leaving_while_a_hook_is_enabled_is_never_written_after() {
             assert_eq!(deliver(&named, &registry, &c, Kind::Init, 0), ["G"]);
             assert!(
                 !c.wants(Kind::Before),
-                "C's word before H: {:?}",
-                Kind::Before
+                "`before` in C's word before H is enabled"
             );
 
             let a = {
