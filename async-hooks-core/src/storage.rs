@@ -387,6 +387,7 @@ impl<T: Send + Sync + 'static> AsyncLocalStorage<T> {
     /// assert_eq!(a.get_store(), None);
     /// assert_eq!(b.get_store().as_deref(), Some(&"kept"));
     /// ```
+    #[inline]
     pub fn run<R>(&self, store: T, f: impl FnOnce() -> R) -> R {
         let key = self.write_key();
         // Released with `Value::recycle` when the scope ends: with the scope's store no longer

@@ -44,10 +44,19 @@ struct ValueOps {
     /// Frees a cached allocation, whose value was already dropped.
     free_empty: unsafe fn(NonNull<()>),
     type_id: fn() -> TypeId,
-    /// `T`'s size and alignment: a cached allocation is reused for a store of the same layout
-    /// (what `Arc::from_raw` requires).
-    size: usize,
-    align: usize,
+    /// `T`'s size and alignment as one word ([`layout_key`]): a cached allocation is reused for
+    /// a store of the same layout (what `Arc::from_raw` requires).
+    layout: usize,
+}
+
+/// A type's size and alignment as one word, so that the reuse check is one compare: distinct
+/// for distinct layouts, never 0. 0 (a type too large to encode) is never reused.
+const fn layout_key(size: usize, align: usize) -> usize {
+    if size > usize::MAX >> 7 {
+        return 0;
+    }
+    // The alignment is a power of two, below 2^64: its exponent takes 6 bits.
+    ((size << 6) | align.trailing_zeros() as usize) + 1
 }
 
 struct OpsOf<T>(PhantomData<T>);
@@ -59,8 +68,7 @@ impl<T: Send + Sync + 'static> OpsOf<T> {
         recycle: OpsOf::<T>::recycle_checked,
         free_empty: OpsOf::<T>::free_empty,
         type_id: TypeId::of::<T>,
-        size: size_of::<T>(),
-        align: align_of::<T>(),
+        layout: layout_key(size_of::<T>(), align_of::<T>()),
     };
 
     /// The table's `recycle`: checks that the reference is the last.
@@ -155,7 +163,7 @@ impl Value {
     /// [`Value::recycle`] to put its allocation back.
     #[inline]
     pub(crate) fn new_recycled<T: Send + Sync + 'static>(store: T, slot: usize) -> FreshValue<T> {
-        match Recycled::take(slot, size_of::<T>(), align_of::<T>()) {
+        match Recycled::take(slot, OpsOf::<T>::OPS.layout) {
             Some(data) => {
                 // SAFETY: a cached allocation is the only reference to an `Arc` allocation of a
                 // type with `T`'s layout and holds no value; written once, it is an `Arc<T>`
@@ -294,6 +302,9 @@ const RECYCLED_SLOTS: usize = 8;
 /// No `Drop`, so that the thread-local is reached with one plain access; [`ReleaseRecycled`]
 /// frees the slots at thread exit, and is armed by the first allocation kept.
 struct Recycled {
+    /// `None` is a free slot. Every slot holds [`CLOSED`] until the thread-exit release is
+    /// registered, and again once it has run: keeping an allocation is then one test of the
+    /// slot, with arming on the cold path.
     slots: [Cell<Option<Empty>>; RECYCLED_SLOTS],
     /// How many references this thread has added to stores ([`Value`] clones and
     /// [`Value::to_arc`]), wrapping. A `run`'s store is reachable only through its stack frame,
@@ -303,9 +314,6 @@ struct Recycled {
     /// only reference, with no `Weak` (made only from an `Arc` that `get_store` returned), and
     /// needs no locked check to reuse the allocation.
     shares: Cell<u64>,
-    /// Whether the thread-exit release is registered and has not run yet: allocations are kept
-    /// only then.
-    armed: Cell<bool>,
 }
 
 /// A cached allocation: the only reference to an `Arc` allocation whose value was dropped.
@@ -315,12 +323,30 @@ struct Empty {
     ops: &'static ValueOps,
 }
 
+impl Empty {
+    fn is_closed(self) -> bool {
+        ptr::eq(self.ops, &CLOSED_OPS)
+    }
+}
+
+/// The table of [`CLOSED`]: its layout (0) matches no store's, so it is never taken, and its
+/// functions are never called.
+static CLOSED_OPS: ValueOps = ValueOps {
+    layout: 0,
+    ..*OpsOf::<()>::OPS
+};
+
+/// A slot that keeps nothing: the thread-exit release is not registered yet, or has run.
+const CLOSED: Empty = Empty {
+    data: NonNull::dangling(),
+    ops: &CLOSED_OPS,
+};
+
 thread_local! {
     static RECYCLED: Recycled = const {
         Recycled {
-            slots: [const { Cell::new(None) }; RECYCLED_SLOTS],
+            slots: [const { Cell::new(Some(CLOSED)) }; RECYCLED_SLOTS],
             shares: Cell::new(0),
-            armed: Cell::new(false),
         }
     };
 
@@ -344,13 +370,17 @@ impl Recycled {
         RECYCLED.with(|recycled| recycled.shares.get())
     }
 
-    /// Takes the allocation at `slot` if its layout is `size` and `align`.
+    /// Takes the allocation at `slot` if its layout is `layout` (a [`layout_key`]).
     #[inline]
-    fn take(slot: usize, size: usize, align: usize) -> Option<NonNull<()>> {
+    fn take(slot: usize, layout: usize) -> Option<NonNull<()>> {
+        if layout == 0 {
+            // Never reused (and `CLOSED`'s).
+            return None;
+        }
         RECYCLED.with(|recycled| {
             let cell = &recycled.slots[slot % RECYCLED_SLOTS];
             let empty = cell.get()?;
-            if empty.ops.size != size || empty.ops.align != align {
+            if empty.ops.layout != layout {
                 return None;
             }
             cell.set(None);
@@ -364,21 +394,33 @@ impl Recycled {
     fn put(slot: usize, data: NonNull<()>, ops: &'static ValueOps) -> bool {
         RECYCLED.with(|recycled| {
             let cell = &recycled.slots[slot % RECYCLED_SLOTS];
-            if cell.get().is_some() || !(recycled.armed.get() || Recycled::arm(recycled)) {
-                return false;
+            match cell.get() {
+                None => {
+                    cell.set(Some(Empty { data, ops }));
+                    true
+                }
+                Some(kept) => recycled.put_closed(cell, kept, Empty { data, ops }),
             }
-            cell.set(Some(Empty { data, ops }));
-            true
         })
     }
 
-    /// Registers the thread-exit release; false once the thread's locals are being destroyed.
+    /// [`Recycled::put`] on a slot that is taken: if it is [`CLOSED`] because the thread-exit
+    /// release is not registered yet, registers it, opens every slot and keeps `empty`.
     #[cold]
     #[inline(never)]
-    fn arm(&self) -> bool {
-        let armed = RELEASE_RECYCLED.try_with(|_| ()).is_ok();
-        self.armed.set(armed);
-        armed
+    fn put_closed(&self, cell: &Cell<Option<Empty>>, kept: Empty, empty: Empty) -> bool {
+        // Fails once the thread's locals are being destroyed: the release has run, or is too
+        // late to register.
+        if !kept.is_closed() || RELEASE_RECYCLED.try_with(|_| ()).is_err() {
+            return false;
+        }
+        for slot in &self.slots {
+            if slot.get().is_some_and(Empty::is_closed) {
+                slot.set(None);
+            }
+        }
+        cell.set(Some(empty));
+        true
     }
 }
 
@@ -388,10 +430,12 @@ struct ReleaseRecycled;
 impl Drop for ReleaseRecycled {
     fn drop(&mut self) {
         RECYCLED.with(|recycled| {
-            // From here `put` declines: re-arming fails now that this destructor has run.
-            recycled.armed.set(false);
+            // From here `put` declines: the slots are closed, and re-arming fails now that this
+            // destructor has run.
             for slot in &recycled.slots {
-                if let Some(empty) = slot.take() {
+                if let Some(empty) = slot.replace(Some(CLOSED))
+                    && !empty.is_closed()
+                {
                     // SAFETY: the cache owned this allocation; taken out of it, it is freed
                     // once.
                     unsafe { (empty.ops.free_empty)(empty.data) }
@@ -1033,12 +1077,13 @@ impl FrameCell {
         let frame = slot.as_mut_ptr();
         // SAFETY: `frame` is valid for writes and stays in place until `Leave` drops it; every
         // access from here on goes through this one pointer.
-        let installed = unsafe { StackFrame::init(frame, base, key, value) };
+        let (installed, value) = unsafe { StackFrame::init(frame, base, key, value) };
         self.raw.set(installed);
         let leave = Leave {
             cell: self,
             frame,
             previous,
+            value,
             slot: key as usize,
             shares,
             restore: Some(restore),
@@ -1057,6 +1102,10 @@ struct Leave<'a, T: Send + Sync + 'static, Restore: FnOnce(&Frame, FrameRef<'_>)
     frame: *mut StackFrame,
     /// The cell's pointer before the scope, put back as it was (with the ownership it had).
     previous: *const FrameData,
+    /// The reference to the scope's own store, which the stack frame's entry copies (`None`
+    /// for `exit`, or when the frame went to the heap, which then holds it). A local, not a
+    /// field of the stack frame, so that it stays in registers across the scope's call.
+    value: Option<Value>,
     /// Where the scope's store goes in the thread's [`Recycled`] cache (the storage's key).
     slot: usize,
     /// [`Recycled::shares`] before the scope's store went in: still the same at the end, the
@@ -1080,31 +1129,37 @@ impl<T: Send + Sync + 'static, Restore: FnOnce(&Frame, FrameRef<'_>) -> Frame>
     /// A store dropped here (one the code inside entered for this scope's storage) may panic
     /// in its `Drop`: the scope's own stack frame and store are then still released, by
     /// `ReleaseOnUnwind`, once the cell no longer points at it.
+    #[allow(clippy::too_many_arguments)]
     fn leave_moved(
         cell: &FrameCell,
         frame: *mut StackFrame,
         previous: *const FrameData,
         restore: Option<Restore>,
         current: *const FrameData,
+        value: Option<Value>,
         slot: usize,
         shares: u64,
     ) {
-        struct ReleaseOnUnwind<T: Send + Sync + 'static> {
+        struct Release<T: Send + Sync + 'static> {
             frame: *mut StackFrame,
+            value: Option<Value>,
             slot: usize,
             shares: u64,
             _store: PhantomData<fn() -> T>,
         }
-        impl<T: Send + Sync + 'static> Drop for ReleaseOnUnwind<T> {
+        impl<T: Send + Sync + 'static> Drop for Release<T> {
             fn drop(&mut self) {
-                // SAFETY: only while unwinding out of `leave_moved`, whose every panicking
-                // step comes after the cell stopped pointing at the stack frame; the normal
-                // return forgets this guard, and the caller releases the frame instead.
-                unsafe { release_stack_frame::<T>(self.frame, self.slot, self.shares) }
+                // SAFETY: at the end of `leave_moved` or while unwinding out of it, whose every
+                // panicking step comes after the cell stopped pointing at the stack frame.
+                unsafe {
+                    release_stack_frame::<T>(self.frame, self.value.take(), self.slot, self.shares)
+                }
             }
         }
-        let on_unwind = ReleaseOnUnwind::<T> {
+        // Releases the stack frame and the scope's store last, also if a step below panics.
+        let release = Release::<T> {
             frame,
+            value,
             slot,
             shares,
             _store: PhantomData,
@@ -1136,7 +1191,7 @@ impl<T: Send + Sync + 'static, Restore: FnOnce(&Frame, FrameRef<'_>) -> Frame>
             }
             drop(current);
         }
-        std::mem::forget(on_unwind);
+        drop(release);
     }
 }
 
@@ -1150,11 +1205,13 @@ impl<'a, T: Send + Sync + 'static, Restore: FnOnce(&Frame, FrameRef<'_>) -> Fram
     #[inline(always)]
     fn end(mut self) {
         let restore = self.restore.take();
+        let value = self.value.take();
         let this = ManuallyDrop::new(self);
         Self::put_back(
             this.cell,
             this.frame,
             this.previous,
+            value,
             this.slot,
             this.shares,
             restore,
@@ -1168,6 +1225,7 @@ impl<'a, T: Send + Sync + 'static, Restore: FnOnce(&Frame, FrameRef<'_>) -> Fram
         cell: &FrameCell,
         frame: *mut StackFrame,
         previous: *const FrameData,
+        value: Option<Value>,
         slot: usize,
         shares: u64,
         restore: Option<Restore>,
@@ -1176,11 +1234,12 @@ impl<'a, T: Send + Sync + 'static, Restore: FnOnce(&Frame, FrameRef<'_>) -> Fram
         let stack = frame.cast_const().cast::<FrameData>();
         if current == stack.map_addr(|addr| addr | STACK) {
             cell.raw.set(previous);
+            // SAFETY: the stack frame is no longer pointed at by the cell, and released once,
+            // here.
+            unsafe { release_stack_frame::<T>(frame, value, slot, shares) };
         } else {
-            Self::leave_moved(cell, frame, previous, restore, current, slot, shares);
+            Self::leave_moved(cell, frame, previous, restore, current, value, slot, shares);
         }
-        // SAFETY: the stack frame is no longer pointed at by the cell, and released once, here.
-        unsafe { release_stack_frame::<T>(frame, slot, shares) };
     }
 
     /// [`Leave::end`] while unwinding, from the fields.
@@ -1190,11 +1249,12 @@ impl<'a, T: Send + Sync + 'static, Restore: FnOnce(&Frame, FrameRef<'_>) -> Fram
         cell: &'a FrameCell,
         frame: *mut StackFrame,
         previous: *const FrameData,
+        value: Option<Value>,
         slot: usize,
         shares: u64,
         restore: Option<Restore>,
     ) {
-        Self::put_back(cell, frame, previous, slot, shares, restore);
+        Self::put_back(cell, frame, previous, value, slot, shares, restore);
     }
 }
 
@@ -1209,6 +1269,7 @@ impl<T: Send + Sync + 'static, Restore: FnOnce(&Frame, FrameRef<'_>) -> Frame> D
             self.cell,
             self.frame,
             self.previous,
+            self.value.take(),
             self.slot,
             self.shares,
             self.restore.take(),
@@ -1216,25 +1277,22 @@ impl<T: Send + Sync + 'static, Restore: FnOnce(&Frame, FrameRef<'_>) -> Frame> D
     }
 }
 
-/// Drops the stack frame and releases its own store (recycled when nothing shared it).
+/// Drops the stack frame, then releases the scope's own store, `value` (recycled when nothing
+/// shared it), after the heap copy, if any, has released its reference.
 ///
 /// # Safety
 ///
 /// `frame` must be initialised by `StackFrame::init`, no longer pointed at by the cell, and
-/// released once.
+/// released once; `value` must be the store `init` handed back for it.
 #[inline(always)]
 unsafe fn release_stack_frame<T: Send + Sync + 'static>(
     frame: *mut StackFrame,
+    value: Option<Value>,
     slot: usize,
     shares: u64,
 ) {
-    // SAFETY: per the caller (its own store first taken out, to be recycled after the heap
-    // copy, if any, has released its reference).
-    let value = unsafe {
-        let value = take_field_by_field(&raw mut (*frame).value);
-        ptr::drop_in_place(frame);
-        value
-    };
+    // SAFETY: per the caller.
+    unsafe { ptr::drop_in_place(frame) };
     if let Some(value) = value {
         if Recycled::shares() == shares {
             // SAFETY: the store was fresh when the scope began (`run_with_entry` takes a
@@ -1250,29 +1308,6 @@ unsafe fn release_stack_frame<T: Send + Sync + 'static>(
     }
 }
 
-/// Moves the value out of `slot`, leaving `None`, with one 8-byte load per field.
-///
-/// `Option::take` moved it with one 16-byte load, which the CPU cannot forward from the two
-/// 8-byte stores that wrote it when the scope began: a store-forwarding stall that perf
-/// showed as a third of a short `run`.
-///
-/// # Safety
-///
-/// `slot` must be valid for reads and writes.
-#[inline(always)]
-unsafe fn take_field_by_field(slot: *mut Option<Value>) -> Option<Value> {
-    // SAFETY: per the caller. The copy takes over the reference; `None` is written over the
-    // original without dropping it, so the reference is released once, by the copy.
-    unsafe {
-        let value = (*slot).as_ref().map(|v| Value {
-            data: v.data,
-            ops: v.ops,
-        });
-        slot.write(None);
-        value
-    }
-}
-
 /// The inline capacity of a [`StackFrame`]: over a frame that would need more entries, `run`
 /// builds a heap frame instead.
 pub(crate) const STACK_ENTRIES: usize = 4;
@@ -1280,7 +1315,7 @@ pub(crate) const STACK_ENTRIES: usize = 4;
 /// A frame on the stack of a synchronous scope ([`FrameCell::run_with_entry`]).
 ///
 /// Its entries are bitwise copies of the previous frame's, which outlives it, plus its own entry
-/// at its sorted place, whose value it owns in `value`. Nothing but the thread's cell points at
+/// at its sorted place, a copy of the store that its scope ([`Leave`]) owns. Nothing but the thread's cell points at
 /// it; whatever needs the frame beyond the scope [promotes](StackFrame::promote) it to a heap
 /// copy, made once and shared.
 #[repr(C)]
@@ -1292,15 +1327,15 @@ struct StackFrame {
     inline: [MaybeUninit<Entry>; STACK_ENTRIES],
     /// The heap copy, once promoted (null until then); the stack frame owns one reference.
     promoted: Cell<*const FrameData>,
-    value: Option<Value>,
     _pinned: PhantomPinned,
 }
 
 impl StackFrame {
     /// Builds, in place at `frame`, the frame over `base` with `key` set to `value`: on the stack
     /// when it needs at most [`STACK_ENTRIES`] entries, else as a heap frame from the start.
-    /// Returns the pointer to put in the cell: the tagged stack frame, or a new reference to the
-    /// heap frame.
+    /// Returns the pointer to put in the cell (the tagged stack frame, or a new reference to the
+    /// heap frame) and the reference to `value` that the scope keeps while the stack frame's
+    /// entry copies it (`None` when the heap frame took it).
     ///
     /// # Safety
     ///
@@ -1312,24 +1347,27 @@ impl StackFrame {
         base: FrameRef<'_>,
         key: u64,
         value: Option<Value>,
-    ) -> *const FrameData {
+    ) -> (*const FrameData, Option<Value>) {
         let entries = base.entries;
         if entries.is_empty() {
             // The common case of a `run` at the top of a request: no search, no copies.
             // SAFETY: `frame` is valid for writes (per the caller); the entry is a bitwise copy
-            // of `value`, whose reference `finish` keeps in the frame (the entry borrows it).
+            // of `value`, whose reference the caller keeps (the entry borrows it).
             unsafe {
                 (&raw mut (*frame).inline).cast::<Entry>().write(Entry {
                     key,
                     value: ptr::read(&value),
                 });
-                return StackFrame::finish(frame, value, 1);
+                return (StackFrame::finish(frame, 1), value);
             }
         }
         if entries.len() > STACK_ENTRIES {
             // At least as many entries with this one's set: too many for the stack.
             // SAFETY: the caller's promises, passed on.
-            return unsafe { StackFrame::init_on_heap(frame, base, key, value) };
+            return (
+                unsafe { StackFrame::init_on_heap(frame, base, key, value) },
+                None,
+            );
         }
         // One pass over the (sorted) base entries, writing each and this key's entry at its
         // place. A search for the key, another for its place and two copy loops cost 207
@@ -1338,7 +1376,7 @@ impl StackFrame {
         // SAFETY: `frame` is valid for writes (per the caller), and the slots written are within
         // `inline` (checked against `STACK_ENTRIES` before each write). The entries are bitwise
         // copies, never dropped: they borrow the base entries' references, and the own entry
-        // borrows the reference that `value` keeps. Slots written before a fall back to the heap
+        // borrows the reference that `value` keeps, handed back to the caller. Slots written before a fall back to the heap
         // are plain data, overwritten by it.
         unsafe {
             let slots = (&raw mut (*frame).inline).cast::<Entry>();
@@ -1361,19 +1399,19 @@ impl StackFrame {
                     }
                 }
                 if len == STACK_ENTRIES {
-                    return StackFrame::init_on_heap(frame, base, key, value);
+                    return (StackFrame::init_on_heap(frame, base, key, value), None);
                 }
                 slots.add(len).write(ptr::read(entry));
                 len += 1;
             }
             if let Some(own) = own {
                 if len == STACK_ENTRIES {
-                    return StackFrame::init_on_heap(frame, base, key, value);
+                    return (StackFrame::init_on_heap(frame, base, key, value), None);
                 }
                 slots.add(len).write(ManuallyDrop::into_inner(own));
                 len += 1;
             }
-            StackFrame::finish(frame, value, len)
+            (StackFrame::finish(frame, len), value)
         }
     }
 
@@ -1384,10 +1422,9 @@ impl StackFrame {
     ///
     /// `frame` must be valid for writes, with its first `len` entries written.
     #[inline(always)]
-    unsafe fn finish(frame: *mut StackFrame, value: Option<Value>, len: usize) -> *const FrameData {
+    unsafe fn finish(frame: *mut StackFrame, len: usize) -> *const FrameData {
         // SAFETY: per the caller.
         unsafe {
-            (&raw mut (*frame).value).write(value);
             (&raw mut (*frame).promoted).write(Cell::new(ptr::null()));
             (&raw mut (*frame).header).write(FrameData {
                 refs: AtomicUsize::new(0),
@@ -1428,7 +1465,6 @@ impl StackFrame {
                 },
                 inline: [const { MaybeUninit::uninit() }; STACK_ENTRIES],
                 promoted: Cell::new(heap),
-                value: None,
                 _pinned: PhantomPinned,
             });
             Frame::retain(heap);
@@ -2047,9 +2083,13 @@ mod tests {
         assert_eq!(drops.load(Ordering::SeqCst), 4);
     }
 
-    /// The allocation at `slot` of this thread's recycling cache, left in place.
+    /// The allocation at `slot` of this thread's recycling cache, left in place (`None` for a
+    /// free or closed slot).
     fn cached(slot: usize) -> Option<NonNull<()>> {
-        RECYCLED.with(|recycled| recycled.slots[slot].get().map(|empty| empty.data))
+        RECYCLED.with(|recycled| {
+            let empty = recycled.slots[slot].get()?;
+            (!empty.is_closed()).then_some(empty.data)
+        })
     }
 
     /// Runs `f` on a thread of its own: a fresh recycling cache, freed when `f` returns (Miri's
@@ -2092,6 +2132,39 @@ mod tests {
             // The slot is taken: this one is freed instead (the thread's exit frees the other).
             small.recycle(3);
             assert_eq!(cached(3), Some(cached_u64));
+        });
+    }
+
+    #[test]
+    fn slots_open_with_the_first_allocation_kept_and_close_at_the_release() {
+        let closed = || {
+            RECYCLED.with(|r| {
+                r.slots
+                    .iter()
+                    .filter(|s| s.get().is_some_and(Empty::is_closed))
+                    .count()
+            })
+        };
+        on_new_thread(|| {
+            // Nothing is kept before the thread-exit release is registered.
+            assert_eq!(closed(), RECYCLED_SLOTS);
+            assert!(Recycled::take(2, OpsOf::<u64>::OPS.layout).is_none());
+            let value = Value::new_recycled(5u64, 2).into_value();
+            let data = value.data;
+            value.recycle(2);
+            // The first allocation kept registers it and opens every slot.
+            assert_eq!((closed(), cached(2)), (0, Some(data)));
+            assert_eq!(
+                RECYCLED.with(|r| r.slots.iter().filter(|s| s.get().is_none()).count()),
+                RECYCLED_SLOTS - 1
+            );
+            // The release frees what is kept and closes every slot; a closed slot is never
+            // taken (Miri: the thread's own release later frees nothing twice).
+            drop(ReleaseRecycled);
+            assert_eq!((closed(), cached(2)), (RECYCLED_SLOTS, None));
+            let fresh = Value::new_recycled(6u64, 2).into_value();
+            assert_eq!(fresh.downcast_ref::<u64>(), Some(&6));
+            drop(fresh);
         });
     }
 
