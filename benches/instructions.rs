@@ -261,6 +261,25 @@ fn shape_run_4_calling(rounds: u64) {
     })
 }
 
+static FIFTEEN: [AsyncLocalStorage<u64>; 15] = [const { AsyncLocalStorage::new() }; 15];
+
+/// `run` with fifteen other storages active: too many for a stack frame, its frame goes to the
+/// heap.
+#[inline(never)]
+fn shape_run_16_calling(rounds: u64) {
+    fn nest(others: &[AsyncLocalStorage<u64>], rounds: u64) {
+        match others {
+            [first, rest @ ..] => first.run(1, || nest(rest, rounds)),
+            [] => {
+                for i in 0..rounds {
+                    STORE.run(black_box(i), may_panic);
+                }
+            }
+        }
+    }
+    nest(&FIFTEEN, rounds)
+}
+
 #[inline(never)]
 fn shape_tokio_sync_scope_calling(rounds: u64) {
     for i in 0..rounds {
@@ -297,6 +316,7 @@ fn main() {
         shape_tokio_sync_scope,
         shape_run_calling,
         shape_run_4_calling,
+        shape_run_16_calling,
         shape_tokio_sync_scope_calling,
     ]);
     // tracing's peers, under a registry subscriber made once: the shapes then count only what

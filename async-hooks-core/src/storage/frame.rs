@@ -1277,8 +1277,8 @@ impl<T: Send + Sync + 'static, Restore: FnOnce(&Frame, FrameRef<'_>) -> Frame> D
     }
 }
 
-/// Drops the stack frame, then releases the scope's own store, `value` (recycled when nothing
-/// shared it), after the heap copy, if any, has released its reference.
+/// Releases the stack frame's heap copy, if a capture made one, then the scope's own store,
+/// `value` (recycled when nothing shared it).
 ///
 /// # Safety
 ///
@@ -1291,8 +1291,13 @@ unsafe fn release_stack_frame<T: Send + Sync + 'static>(
     slot: usize,
     shares: u64,
 ) {
-    // SAFETY: per the caller.
-    unsafe { ptr::drop_in_place(frame) };
+    // SAFETY: per the caller, the stack frame is initialised.
+    let promoted = unsafe { (*frame).promoted.get() };
+    if !promoted.is_null() {
+        // SAFETY: the stack frame's own reference to its heap copy, released once (the frame
+        // has no `Drop`).
+        return unsafe { release_promoted(promoted, value, slot) };
+    }
     if let Some(value) = value {
         if Recycled::shares() == shares {
             // SAFETY: the store was fresh when the scope began (`run_with_entry` takes a
@@ -1305,6 +1310,23 @@ unsafe fn release_stack_frame<T: Send + Sync + 'static>(
         } else {
             value.recycle(slot);
         }
+    }
+}
+
+/// [`release_stack_frame`] of a promoted stack frame: the heap copy first, as it shares the
+/// store. Out of line, so that on the usual path nothing that can unwind runs while the store
+/// is held (the store had to be spilled to the stack for the landing pad).
+///
+/// # Safety
+///
+/// `promoted` must be a stack frame's reference to its heap copy, released once.
+#[cold]
+#[inline(never)]
+unsafe fn release_promoted(promoted: *const FrameData, value: Option<Value>, slot: usize) {
+    // SAFETY: per the caller.
+    drop(unsafe { Frame::from_raw(promoted) });
+    if let Some(value) = value {
+        value.recycle(slot);
     }
 }
 
@@ -1325,7 +1347,8 @@ struct StackFrame {
     /// The entries, right after the header as in a heap frame; never dropped (they are not
     /// owned).
     inline: [MaybeUninit<Entry>; STACK_ENTRIES],
-    /// The heap copy, once promoted (null until then); the stack frame owns one reference.
+    /// The heap copy, once promoted (null until then); the stack frame owns one reference,
+    /// released by `release_stack_frame` (a stack frame has no `Drop`).
     promoted: Cell<*const FrameData>,
     _pinned: PhantomPinned,
 }
@@ -1494,17 +1517,6 @@ impl StackFrame {
         unsafe {
             Frame::retain(heap);
             Frame::from_raw(heap)
-        }
-    }
-}
-
-impl Drop for StackFrame {
-    #[inline]
-    fn drop(&mut self) {
-        let promoted = self.promoted.get();
-        if !promoted.is_null() {
-            // SAFETY: the stack frame's own reference to its heap copy, released once.
-            drop(unsafe { Frame::from_raw(promoted) });
         }
     }
 }
