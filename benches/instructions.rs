@@ -246,19 +246,37 @@ fn shape_run_calling(rounds: u64) {
 
 static OTHERS: [AsyncLocalStorage<u64>; 3] = [const { AsyncLocalStorage::new() }; 3];
 
-/// `run` with three other storages active: its frame copies their entries around its own.
-#[inline(never)]
-fn shape_run_4_calling(rounds: u64) {
+/// `rounds` runs of `storage` inside runs of the three [`OTHERS`]: its frame copies their entries
+/// around its own.
+#[inline(always)]
+fn run_4_calling(storage: &AsyncLocalStorage<u64>, rounds: u64, f: impl Fn() + Copy) {
     let [a, b, c] = &OTHERS;
     a.run(1, || {
         b.run(2, || {
             c.run(3, || {
                 for i in 0..rounds {
-                    STORE.run(black_box(i), may_panic);
+                    storage.run(black_box(i), f);
                 }
             })
         })
     })
+}
+
+/// `run` with three other storages active, its entry sorting first (`STORE` is used first).
+#[inline(never)]
+fn shape_run_4_calling(rounds: u64) {
+    run_4_calling(&STORE, rounds, may_panic)
+}
+
+static LAST: AsyncLocalStorage<u64> = AsyncLocalStorage::new();
+
+/// The same with a storage whose key sorts after the three others (used first after them): its
+/// entry goes at the end of the frame instead of the front. A closure of its own, so that the
+/// other shapes' `run` (one copy for `may_panic`, called with `STORE` only) stays as it was.
+#[inline(never)]
+#[allow(clippy::redundant_closure)] // A closure type of its own, see above.
+fn shape_run_4_calling_last(rounds: u64) {
+    run_4_calling(&LAST, rounds, || may_panic())
 }
 
 static FIFTEEN: [AsyncLocalStorage<u64>; 15] = [const { AsyncLocalStorage::new() }; 15];
@@ -316,6 +334,7 @@ fn main() {
         shape_tokio_sync_scope,
         shape_run_calling,
         shape_run_4_calling,
+        shape_run_4_calling_last,
         shape_run_16_calling,
         shape_tokio_sync_scope_calling,
     ]);
