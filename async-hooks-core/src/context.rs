@@ -15,7 +15,7 @@ use std::ptr::{self, NonNull};
 use crate::hooks::{self, Kind};
 use crate::id::{AsyncId, IdBlock};
 use crate::resource::{Identity, ROOT_IDENTITY, Resource};
-use crate::storage::{Frame, FrameCell, FrameData};
+use crate::storage::{Frame, FrameCell, FrameData, ResourceFrame};
 
 pub(crate) struct ThreadState {
     pub(crate) ids: IdBlock,
@@ -184,15 +184,15 @@ pub(crate) struct Entered<'a, const EVENTS: bool, const KEEPS: bool = true> {
     // register held across the poll.
     /// The thread's running identity before, put back as it was.
     previous: *const Identity,
-    /// The resource's frame, which the thread points at while entered: from a `&'a mut Frame`
-    /// with `KEEPS`, else from a `&'a Frame`.
-    frame: NonNull<Frame>,
+    /// The resource's frame, which the thread points at while entered: from a `&'a mut ResourceFrame`
+    /// with `KEEPS`, else from a `&'a ResourceFrame`.
+    frame: NonNull<ResourceFrame>,
     /// The thread's frame pointer before, put back as it was.
     previous_frame: *const FrameData,
     /// The thread's frame pointer while entered: unchanged at the end, the code inside left
     /// the frame as it was.
     installed: *const FrameData,
-    _borrows: PhantomData<(&'a Identity, &'a mut Frame)>,
+    _borrows: PhantomData<(&'a Identity, &'a mut ResourceFrame)>,
 }
 
 impl<'a, const EVENTS: bool> Entered<'a, EVENTS, true> {
@@ -201,7 +201,7 @@ impl<'a, const EVENTS: bool> Entered<'a, EVENTS, true> {
     pub(crate) fn enter(
         state: &ThreadState,
         identity: &'a Identity,
-        frame: &'a mut Frame,
+        frame: &'a mut ResourceFrame,
     ) -> Entered<'a, EVENTS, true> {
         Entered::enter_raw(state, identity, NonNull::from(frame))
     }
@@ -213,7 +213,7 @@ impl<'a, const EVENTS: bool> Entered<'a, EVENTS, false> {
     pub(crate) fn enter_scope(
         state: &ThreadState,
         identity: &'a Identity,
-        frame: &'a Frame,
+        frame: &'a ResourceFrame,
     ) -> Entered<'a, EVENTS, false> {
         Entered::enter_raw(state, identity, NonNull::from(frame))
     }
@@ -224,7 +224,7 @@ impl<'a, const EVENTS: bool, const KEEPS: bool> Entered<'a, EVENTS, KEEPS> {
     fn enter_raw(
         state: &ThreadState,
         identity: &'a Identity,
-        frame: NonNull<Frame>,
+        frame: NonNull<ResourceFrame>,
     ) -> Entered<'a, EVENTS, KEEPS> {
         let previous = state.current.replace(identity);
         // SAFETY: `frame` comes from a reference that lives for `'a`.
@@ -266,7 +266,7 @@ impl<const EVENTS: bool, const KEEPS: bool> Entered<'_, EVENTS, KEEPS> {
     #[inline(always)]
     fn switch_back(
         previous: *const Identity,
-        frame: NonNull<Frame>,
+        frame: NonNull<ResourceFrame>,
         previous_frame: *const FrameData,
         installed: *const FrameData,
     ) {
@@ -279,7 +279,7 @@ impl<const EVENTS: bool, const KEEPS: bool> Entered<'_, EVENTS, KEEPS> {
         // keep pointing at this one after it is gone.
         state.current.set(previous);
         if KEEPS {
-            // SAFETY: with `KEEPS` the pointer comes from a `&'a mut Frame` that this guard
+            // SAFETY: with `KEEPS` the pointer comes from a `&'a mut ResourceFrame` that this guard
             // holds exclusively for `'a`.
             #[allow(unsafe_code)]
             state
@@ -295,7 +295,7 @@ impl<const EVENTS: bool, const KEEPS: bool> Entered<'_, EVENTS, KEEPS> {
     #[inline(never)]
     fn switch_back_unwinding(
         previous: *const Identity,
-        frame: NonNull<Frame>,
+        frame: NonNull<ResourceFrame>,
         previous_frame: *const FrameData,
         installed: *const FrameData,
     ) {

@@ -9,7 +9,7 @@ use std::task::{Context, Poll};
 use crate::context::{Entered, ThreadState, thread_state, with_state};
 use crate::hooks::{self, Kind};
 use crate::resource::{Identity, ResourceType};
-use crate::storage::Frame;
+use crate::storage::ResourceFrame;
 
 /// The type of resources made by `bind!` and [`BindContext::bind_context`] without a type name.
 #[doc(hidden)]
@@ -73,7 +73,7 @@ struct Running<F> {
     identity: ManuallyDrop<Identity>,
     // The resource's storage frame; during a poll the thread points at it (and an `enter_with`
     // inside replaces it, for the rest of the future's life).
-    frame: ManuallyDrop<Frame>,
+    frame: ManuallyDrop<ResourceFrame>,
 }
 
 impl<F> Drop for Running<F> {
@@ -127,7 +127,10 @@ impl<F> Drop for Ending<'_, F> {
 /// or an `init` hook): out of line, with ordinary drops.
 #[cold]
 #[inline(never)]
-fn release_with_handle(identity: &mut ManuallyDrop<Identity>, frame: &mut ManuallyDrop<Frame>) {
+fn release_with_handle(
+    identity: &mut ManuallyDrop<Identity>,
+    frame: &mut ManuallyDrop<ResourceFrame>,
+) {
     // SAFETY: as in `Ending`: called once from it, the fields are never touched after.
     #[allow(unsafe_code)]
     let (identity, frame) = unsafe { (ManuallyDrop::take(identity), ManuallyDrop::take(frame)) };
@@ -150,7 +153,7 @@ impl<F> Instrumented<F> {
             running: Running {
                 future: ManuallyDrop::new(future),
                 identity: ManuallyDrop::new(Identity::create(state, ty, None)),
-                frame: ManuallyDrop::new(frame),
+                frame: ManuallyDrop::new(ResourceFrame::new(frame)),
             },
         }
     }

@@ -12,7 +12,7 @@ use crate::context::{Entered, ThreadState, with_state};
 use crate::error::{Error, ErrorKind};
 use crate::hooks::{self, Kind};
 use crate::id::{self, AsyncId};
-use crate::storage::Frame;
+use crate::storage::ResourceFrame;
 
 /// A resource type (Node's "provider"): a name with a stable numeric id, registered in
 /// [`async_wrap_providers`] the first time a resource of that type is created.
@@ -795,7 +795,7 @@ pub struct AsyncResource {
     /// resource is shared (`&self`, `Sync`), and every thread must see the same handle.
     identity: Identity,
     /// The storage frame captured at creation; each scope starts from it.
-    frame: Frame,
+    frame: ResourceFrame,
     /// [`DESTROYED`] and [`MANUAL_DESTROY`], in one word-sized field: a resource is often moved
     /// right after it is made (into an `Arc`, a `Result`, a struct), and a copy with word-sized
     /// loads of fields written a byte at a time stalls the CPU's store forwarding.
@@ -882,7 +882,7 @@ impl AsyncResource {
         trigger: Option<AsyncId>,
         manual_destroy: bool,
     ) -> AsyncResource {
-        let frame = state.capture_frame();
+        let frame = ResourceFrame::new(state.capture_frame());
         let identity = Identity::create(state, ty, trigger);
         AsyncResource {
             identity,

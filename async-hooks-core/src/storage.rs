@@ -21,7 +21,7 @@ use crate::context::{ThreadState, with_state};
 mod frame;
 
 use frame::FrameRef;
-pub(crate) use frame::{Frame, FrameCell, FrameData};
+pub(crate) use frame::{Frame, FrameCell, FrameData, ResourceFrame};
 use frame::{FreshValue, Value};
 
 /// Storage keys are handed out once and never reused; `disable()` retires a storage's key, so

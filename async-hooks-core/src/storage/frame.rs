@@ -792,6 +792,51 @@ fn untagged(raw: *const FrameData) -> *const FrameData {
     raw.map_addr(|addr| addr & !TAGS)
 }
 
+/// A resource's captured frame, kept as the pointer the thread's cell holds while the resource
+/// runs: tagged [`LENT`] (the empty frame is the bare tag), so that entering it is a plain store
+/// with no `or` on every poll. Owns one reference, as a [`Frame`] does.
+pub(crate) struct ResourceFrame(NonNull<FrameData>);
+
+// SAFETY: a `Frame` with its pointer tagged (see `Frame`'s `Send` and `Sync`).
+#[allow(unsafe_code)]
+unsafe impl Send for ResourceFrame {}
+// SAFETY: see `Send`.
+#[allow(unsafe_code)]
+unsafe impl Sync for ResourceFrame {}
+
+impl ResourceFrame {
+    /// Takes over `frame`'s reference.
+    #[inline(always)]
+    pub(crate) fn new(frame: Frame) -> ResourceFrame {
+        let lent = frame.into_raw().map_addr(|addr| addr | LENT);
+        // SAFETY: the tag makes it non-null, also for the empty frame.
+        ResourceFrame(unsafe { NonNull::new_unchecked(lent.cast_mut()) })
+    }
+
+    /// The pointer the thread's cell holds while the resource runs. The empty frame is tagged
+    /// too: code inside that puts the untagged empty frame in its place (`disable`) is still
+    /// seen as a change.
+    #[inline(always)]
+    fn lent(&self) -> *const FrameData {
+        self.0.as_ptr()
+    }
+
+    /// The frame's entries.
+    #[cfg(test)]
+    fn view(&self) -> FrameRef<'_> {
+        // SAFETY: this frame's reference keeps it alive while `self` is borrowed.
+        unsafe { FrameCell::view(self.lent()) }
+    }
+}
+
+impl Drop for ResourceFrame {
+    #[inline]
+    fn drop(&mut self) {
+        // SAFETY: the reference `new` took over, released once, here.
+        drop(unsafe { Frame::from_raw(untagged(self.lent())) });
+    }
+}
+
 /// The thread's current frame.
 ///
 /// It has no `Drop` (the thread state that holds it must have none, to be reached cheaply):
@@ -885,8 +930,8 @@ impl FrameCell {
     /// the pointer put in, to tell at the end whether the code inside replaced it. Code inside
     /// that takes the frame gets a reference of its own; a `with_store` inside needs no lend.
     #[inline(always)]
-    pub(crate) fn enter(&self, frame: &Frame) -> (*const FrameData, *const FrameData) {
-        let installed = FrameCell::borrowed(frame);
+    pub(crate) fn enter(&self, frame: &ResourceFrame) -> (*const FrameData, *const FrameData) {
+        let installed = frame.lent();
         (self.raw.replace(installed), installed)
     }
 
@@ -901,10 +946,10 @@ impl FrameCell {
     pub(crate) fn leave(
         &self,
         installed: *const FrameData,
-        frame: &mut Frame,
+        frame: &mut ResourceFrame,
         previous: *const FrameData,
     ) {
-        debug_assert_eq!(installed, FrameCell::borrowed(frame));
+        debug_assert_eq!(installed, frame.lent());
         if self.raw.get() != installed {
             return self.leave_changed(frame, previous);
         }
@@ -932,21 +977,13 @@ impl FrameCell {
 
     #[cold]
     #[inline(never)]
-    fn leave_changed(&self, frame: &mut Frame, previous: *const FrameData) {
+    fn leave_changed(&self, frame: &mut ResourceFrame, previous: *const FrameData) {
         let current = self.raw.replace(previous);
         // SAFETY: `current` was in the cell and has just been replaced there.
         let changed = unsafe { FrameCell::owned(current) };
         // The execution's old frame goes only now, with the caller's context back in place (a
         // store's `Drop` may look at the context).
-        drop(std::mem::replace(frame, changed));
-    }
-
-    /// The cell pointer for `frame` while its owner is up the stack. The empty frame is tagged
-    /// too (a pointer that is only the tag): one `or`, no test, and code inside that puts the
-    /// untagged empty frame in its place (`disable`) is still seen as a change.
-    #[inline(always)]
-    fn borrowed(frame: &Frame) -> *const FrameData {
-        frame.as_ptr().map_addr(|addr| addr | LENT)
+        drop(std::mem::replace(frame, ResourceFrame::new(changed)));
     }
 
     /// Puts `frame` in, dropping the previous frame only after the new one is in place (a
@@ -1862,7 +1899,7 @@ mod tests {
     fn poll_inside_a_stack_frame_leaves_it_in_place_and_keeps_changes_for_the_resource() {
         let drops = Arc::new(AtomicUsize::new(0));
         let cell = FrameCell::new();
-        let mut resource = Frame::EMPTY.with(9, value(90));
+        let mut resource = ResourceFrame::new(Frame::EMPTY.with(9, value(90)));
         stacked(&cell, 1, fresh_counted(&drops), || {
             // Enter and leave a resource, as a poll does: the stack frame stays in place.
             let (previous, installed) = cell.enter(&resource);
@@ -1887,7 +1924,12 @@ mod tests {
     fn entering_the_empty_frame_tags_it_and_every_reader_sees_it_empty() {
         let drops = Arc::new(AtomicUsize::new(0));
         let cell = FrameCell::new();
-        let mut resource = Frame::EMPTY;
+        let mut resource = ResourceFrame::new(Frame::EMPTY);
+        assert_eq!(
+            resource.lent().addr(),
+            LENT,
+            "the empty frame is the bare tag"
+        );
         // Not entered, the empty frame is null: a read of it takes the lending path, which
         // lends nothing and leaves the cell as it was.
         cell.with_lent(|frame| assert!(frame.entries.is_empty()));
@@ -1917,7 +1959,7 @@ mod tests {
         assert_eq!(cell.raw.get().addr(), LENT);
         cell.leave(installed, &mut resource, previous);
         assert!(cell.raw.get().is_null());
-        assert!(resource.as_ptr().is_null());
+        assert_eq!(resource.lent().addr(), LENT);
         assert_eq!(drops.load(Ordering::SeqCst), 1);
 
         // An `enter_with` inside becomes the resource's frame.
@@ -1927,13 +1969,13 @@ mod tests {
         cell.set(taken.with(2, counted(&drops)));
         cell.leave(installed, &mut resource, previous);
         assert!(cell.raw.get().is_null());
-        assert!(resource.lookup(2).is_some());
+        assert!(resource.view().lookup(2).is_some());
         // Replaced by the untagged empty frame inside (what `disable` can leave): a change too,
         // and the resource's frame goes with it.
         let (previous, installed) = cell.enter(&resource);
         drop(cell.take());
         cell.leave(installed, &mut resource, previous);
-        assert!(resource.as_ptr().is_null());
+        assert_eq!(resource.lent().addr(), LENT);
         assert_eq!(drops.load(Ordering::SeqCst), 2);
         // A scope of it (an `AsyncResource`'s) ends what the code inside entered.
         let (previous, installed) = cell.enter(&resource);
