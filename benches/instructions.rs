@@ -17,7 +17,9 @@
 //! from it. The `tracing_registry` shapes are tracing's `#[instrument]` with a
 //! `tracing_subscriber` registry, the peer of the counting-hook shapes. The `_calling` shapes run
 //! a closure that calls a function that may panic, as real closures do: then the scope's guard
-//! has a landing pad, which an empty closure's does not. Run without valgrind, it runs every shape and prints nothing.
+//! has a landing pad, which an empty closure's does not. `shape_run_16_calling` nests its
+//! fifteen outer `run`s recursively: read its own line, not `nest`'s. Run without valgrind, it
+//! runs every shape and prints nothing.
 
 use std::future::Future;
 use std::hint::black_box;
