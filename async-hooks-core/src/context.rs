@@ -184,8 +184,8 @@ pub(crate) struct Entered<'a, const EVENTS: bool, const KEEPS: bool = true> {
     // register held across the poll.
     /// The thread's running identity before, put back as it was.
     previous: *const Identity,
-    /// The resource's frame, which the thread points at while entered: from a `&'a mut ResourceFrame`
-    /// with `KEEPS`, else from a `&'a ResourceFrame`.
+    /// The resource's frame, which the thread points at while entered: from a
+    /// `&'a mut ResourceFrame` with `KEEPS`, else from a `&'a ResourceFrame`.
     frame: NonNull<ResourceFrame>,
     /// The thread's frame pointer before, put back as it was.
     previous_frame: *const FrameData,
@@ -279,8 +279,8 @@ impl<const EVENTS: bool, const KEEPS: bool> Entered<'_, EVENTS, KEEPS> {
         // keep pointing at this one after it is gone.
         state.current.set(previous);
         if KEEPS {
-            // SAFETY: with `KEEPS` the pointer comes from a `&'a mut ResourceFrame` that this guard
-            // holds exclusively for `'a`.
+            // SAFETY: with `KEEPS` the pointer comes from a `&'a mut ResourceFrame` that this
+            // guard holds exclusively for `'a`.
             #[allow(unsafe_code)]
             state
                 .frame

@@ -1160,12 +1160,12 @@ impl<T: Send + Sync + 'static, Restore: FnOnce(&Frame, FrameRef<'_>) -> Frame>
     /// its promoted copy there (or the frame was on the heap from the start), or the code inside
     /// changed the context. Takes the guard's fields by value, so that the guard's address is
     /// never taken and it can live in registers.
-    #[cold]
-    #[inline(never)]
     ///
     /// A store dropped here (one the code inside entered for this scope's storage) may panic
     /// in its `Drop`: the scope's own stack frame and store are then still released, by
-    /// `ReleaseOnUnwind`, once the cell no longer points at it.
+    /// `Release`, once the cell no longer points at it.
+    #[cold]
+    #[inline(never)]
     #[allow(clippy::too_many_arguments)]
     fn leave_moved(
         cell: &FrameCell,
@@ -1374,9 +1374,9 @@ pub(crate) const STACK_ENTRIES: usize = 4;
 /// A frame on the stack of a synchronous scope ([`FrameCell::run_with_entry`]).
 ///
 /// Its entries are bitwise copies of the previous frame's, which outlives it, plus its own entry
-/// at its sorted place, a copy of the store that its scope ([`Leave`]) owns. Nothing but the thread's cell points at
-/// it; whatever needs the frame beyond the scope [promotes](StackFrame::promote) it to a heap
-/// copy, made once and shared.
+/// at its sorted place, a copy of the store that its scope ([`Leave`]) owns. Nothing but the
+/// thread's cell points at it; whatever needs the frame beyond the scope
+/// [promotes](StackFrame::promote) it to a heap copy, made once and shared.
 #[repr(C)]
 struct StackFrame {
     /// First, so that a pointer to the stack frame is also one to its `FrameData`.
