@@ -1189,7 +1189,18 @@ impl<T: Send + Sync + 'static, Restore: FnOnce(&Frame, FrameRef<'_>) -> Frame>
                 // SAFETY: at the end of `leave_moved` or while unwinding out of it, whose every
                 // panicking step comes after the cell stopped pointing at the stack frame.
                 unsafe {
-                    release_stack_frame::<T>(self.frame, self.value.take(), self.slot, self.shares)
+                    let promoted = (*self.frame).promoted.get();
+                    if promoted.is_null() {
+                        release_stack_frame::<T>(
+                            self.frame,
+                            self.value.take(),
+                            self.slot,
+                            self.shares,
+                        )
+                    } else {
+                        // Already out of line: no second call for the usual case here.
+                        release_heap_copy_then_store(promoted, self.value.take(), self.slot)
+                    }
                 }
             }
         }
@@ -1360,6 +1371,21 @@ unsafe fn release_stack_frame<T: Send + Sync + 'static>(
 #[cold]
 #[inline(never)]
 unsafe fn release_promoted(promoted: *const FrameData, value: Option<Value>, slot: usize) {
+    // SAFETY: per the caller.
+    unsafe { release_heap_copy_then_store(promoted, value, slot) }
+}
+
+/// The body of [`release_promoted`].
+///
+/// # Safety
+///
+/// As for [`release_promoted`].
+#[inline(always)]
+unsafe fn release_heap_copy_then_store(
+    promoted: *const FrameData,
+    value: Option<Value>,
+    slot: usize,
+) {
     // SAFETY: per the caller.
     drop(unsafe { Frame::from_raw(promoted) });
     if let Some(value) = value {
