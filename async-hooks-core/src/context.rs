@@ -110,6 +110,12 @@ impl ThreadState {
         self.frame.get()
     }
 
+    /// [`ThreadState::capture_frame`] for a resource to keep.
+    #[inline(always)]
+    pub(crate) fn capture_resource_frame(&self) -> ResourceFrame {
+        self.frame.capture()
+    }
+
     /// Replaces the current frame, dropping the old one only after the new one is in place (a
     /// store's `Drop` may look at the context).
     #[inline]

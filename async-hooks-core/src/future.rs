@@ -148,12 +148,12 @@ impl<F> Instrumented<F> {
 
     #[inline(always)]
     fn create(state: &ThreadState, ty: &'static ResourceType, future: F) -> Instrumented<F> {
-        let frame = state.capture_frame();
+        let frame = state.capture_resource_frame();
         Instrumented {
             running: Running {
                 future: ManuallyDrop::new(future),
                 identity: ManuallyDrop::new(Identity::create(state, ty, None)),
-                frame: ManuallyDrop::new(ResourceFrame::new(frame)),
+                frame: ManuallyDrop::new(frame),
             },
         }
     }

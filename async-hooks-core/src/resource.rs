@@ -882,7 +882,7 @@ impl AsyncResource {
         trigger: Option<AsyncId>,
         manual_destroy: bool,
     ) -> AsyncResource {
-        let frame = ResourceFrame::new(state.capture_frame());
+        let frame = state.capture_resource_frame();
         let identity = Identity::create(state, ty, trigger);
         AsyncResource {
             identity,

@@ -129,25 +129,6 @@ impl Drop for KeyRestore<'_> {
     }
 }
 
-/// Looks up `key` in the current thread's frame and maps its entry with `f`, which runs with
-/// the frame in place and so must not run user code. `None` if the frame has no entry.
-#[inline]
-fn lookup_current<R>(key: u64, hint: &AtomicU32, f: impl FnOnce(&Option<Value>) -> R) -> Option<R> {
-    if key == 0 {
-        return None;
-    }
-    with_state(|state| {
-        // SAFETY: the lookup and `f` (an `Arc` clone and cast, see the callers) run no user code,
-        // so nothing can change the cell meanwhile.
-        #[allow(unsafe_code)]
-        unsafe {
-            state
-                .frame
-                .peek(|frame| frame.lookup_hinted(key, hint).map(|e| f(&e.value)))
-        }
-    })
-}
-
 /// Drops this thread's leftover frame when the thread ends. The thread's frame cell has no
 /// `Drop` (the hot paths need a thread state without one), so the operations that can leave a
 /// frame in it past every scope register this: `enter_with` at the top level, and `enter_scope`
@@ -328,8 +309,30 @@ impl<T: Send + Sync + 'static> AsyncLocalStorage<T> {
     /// ```
     #[inline]
     pub fn get_store(&self) -> Option<Arc<T>> {
-        match lookup_current(self.read_key(), &self.position_hint, typed::<T>) {
-            Some(value) => value,
+        // No early return for key 0, as in `with_store`.
+        let key = self.read_key();
+        with_state(|state| {
+            // SAFETY: the lookup and the `Arc` clone run no user code, so nothing can change the
+            // cell meanwhile.
+            #[allow(unsafe_code)]
+            unsafe {
+                state.frame.peek(|frame| {
+                    match frame.lookup_at_hint(key, &self.position_hint) {
+                        Some(entry) => typed::<T>(&entry.value),
+                        // Out of line, as in `with_store`.
+                        None => self.get_store_searched(frame, key),
+                    }
+                })
+            }
+        })
+    }
+
+    /// [`get_store`](AsyncLocalStorage::get_store) where the position hint missed.
+    #[cold]
+    #[inline(never)]
+    fn get_store_searched(&self, frame: FrameRef<'_>, key: u64) -> Option<Arc<T>> {
+        match frame.lookup_searched(key, &self.position_hint) {
+            Some(entry) => typed::<T>(&entry.value),
             None => self.default_value().cloned(),
         }
     }
@@ -352,17 +355,34 @@ impl<T: Send + Sync + 'static> AsyncLocalStorage<T> {
             // The thread's frame is lent to this call, not cloned: `f` may change the context
             // (`run`, `enter_with`, poll a future) and the store it looks at stays alive anyway.
             state.frame.with_lent(|frame| {
-                let store = match frame.lookup_hinted(key, &self.position_hint) {
+                match frame.lookup_at_hint(key, &self.position_hint) {
                     // An entry with no value: the storage was exited (`None`, not the default).
-                    Some(entry) => entry.value.as_ref().map(store_ref::<T>),
-                    None => self.default_value().map(|v| &**v),
-                };
-                // One call, whose result is returned as is: passing it through an `Option` cost
-                // a store-forwarding stall (written in two 8-byte halves, read back in one
-                // 16-byte load).
-                f(store)
+                    Some(entry) => f(entry.value.as_ref().map(store_ref::<T>)),
+                    // Out of line with its own call of `f`: when both paths ended in one
+                    // call, LLVM merged them at the read of the entry's value, and the hit
+                    // path took a jump more (24 instructions a read, now 21).
+                    None => self.with_store_searched(frame, key, f),
+                }
             })
         })
+    }
+
+    /// [`with_store`](AsyncLocalStorage::with_store) where the position hint missed.
+    #[cold]
+    #[inline(never)]
+    fn with_store_searched<R>(
+        &self,
+        frame: FrameRef<'_>,
+        key: u64,
+        f: impl FnOnce(Option<&T>) -> R,
+    ) -> R {
+        let store = match frame.lookup_searched(key, &self.position_hint) {
+            Some(entry) => entry.value.as_ref().map(store_ref::<T>),
+            None => self.default_value().map(|v| &**v),
+        };
+        // One call, whose result is returned as is: passing it through an `Option` cost a
+        // store-forwarding stall (written in two 8-byte halves, read back in one 16-byte load).
+        f(store)
     }
 
     /// Runs `f` with `store` as the current store, then restores this storage's previous store —
