@@ -309,8 +309,12 @@ impl<T: Send + Sync + 'static> AsyncLocalStorage<T> {
     /// ```
     #[inline]
     pub fn get_store(&self) -> Option<Arc<T>> {
-        // No early return for key 0, as in `with_store`.
         let key = self.read_key();
+        // A storage never used (or disabled) has no entry anywhere: the default, without the
+        // search a miss would take.
+        if key == 0 {
+            return self.default_value().cloned();
+        }
         with_state(|state| {
             // SAFETY: the lookup and the `Arc` clone run no user code, so nothing can change the
             // cell meanwhile.
