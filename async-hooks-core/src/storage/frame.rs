@@ -866,7 +866,7 @@ impl ResourceFrame {
     }
 
     /// The pointer the thread's cell holds while the resource runs. Code inside that puts the
-    /// empty frame in place of the empty frame is not seen as a change, and needs not be: the
+    /// empty frame in place of the empty frame is not seen as a change, and need not be: the
     /// resource's frame stays the empty frame.
     #[inline(always)]
     fn lent(&self) -> *const FrameData {
