@@ -1547,7 +1547,7 @@ impl StackFrame {
         // one copy of a fixed size per count, which LLVM turns into moves (a copy loop would
         // become a `memcpy` call). The earlier single pass tested each entry against the key,
         // the capacity and an `Option` holding the own entry: a `run` over three entries cost
-        // 150 instructions where its entry sorts first, now 131 (132 and 127 where it sorts
+        // 150 instructions where its entry sorts first, now 130 (132 and 126 where it sorts
         // last; `benches/instructions.rs`).
         //
         // SAFETY: `frame` is valid for writes (per the caller). The slots written are within
