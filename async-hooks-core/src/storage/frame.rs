@@ -738,8 +738,12 @@ impl<'a> FrameRef<'a> {
     pub(crate) fn lookup_at_hint(self, key: u64, hint: &AtomicU32) -> Option<&'a Entry> {
         let guess = hint.load(Ordering::Relaxed) as usize;
         if guess < self.len() {
+            // One byte offset from the header, not the entries' start and then an index: with
+            // the two steps LLVM rebuilt the entry's address after the key compare to read its
+            // value (two instructions more a read; one more, `shl`, this way).
+            let offset = size_of::<FrameData>() + guess * size_of::<Entry>();
             // SAFETY: `guess` is below the frame's length, so the entry is one of its live ones.
-            let entry = unsafe { &*self.data.as_ptr().add(1).cast::<Entry>().add(guess) };
+            let entry = unsafe { &*self.data.as_ptr().byte_add(offset).cast::<Entry>() };
             if entry.key == key {
                 return Some(entry);
             }
