@@ -152,8 +152,8 @@ fn shape_lifecycle_tokio_scope_arc(rounds: u64) {
 }
 
 /// Its own loop rather than a call of `shape_lifecycle`, whose inclusive count would then mix
-/// the two (the hook's enabling and disabling, about 4 700 instructions, went into the no-hook
-/// row's figure when it was derived by subtraction).
+/// the two: deriving the no-hook row by subtraction also took off this shape's enabling and
+/// disabling of the hook (about 4 700 instructions).
 #[inline(never)]
 fn shape_lifecycle_counting_hook(rounds: u64) {
     let hook = counting_hook().enable();
