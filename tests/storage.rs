@@ -419,6 +419,137 @@ fn enter_scope_guard_restores_the_previous_store() {
 }
 
 #[test]
+fn guards_of_one_storage_dropped_out_of_order_end_as_nested_scopes() {
+    let live = Arc::new(AtomicUsize::new(0));
+    let store = AsyncLocalStorage::new();
+    let other = AsyncLocalStorage::new();
+    store.run(Tracked::new(&live, 1), || {
+        let outer = store.enter_scope(Tracked::new(&live, 2));
+        other.enter_with(7);
+        let inner = store.enter_scope(Tracked::new(&live, 3));
+        // The older guard ends inside the younger one's scope: nothing changes.
+        drop(outer);
+        assert_eq!(store.with_store(|s| s.map(|t| t.1)), Some(3));
+        assert_eq!(other.get_store().as_deref(), Some(&7));
+        // Store 2 is held until the younger guard ends (its frame from before holds it).
+        assert_eq!(live.load(Ordering::SeqCst), 3);
+        // The younger one puts back what was current before both (not the older one's store),
+        // and leaves the other storage's `enter_with` alone.
+        drop(inner);
+        assert_eq!(store.with_store(|s| s.map(|t| t.1)), Some(1));
+        assert_eq!(other.get_store().as_deref(), Some(&7));
+        assert_eq!(live.load(Ordering::SeqCst), 1);
+    });
+    assert_eq!(store.with_store(|s| s.map(|t| t.1)), None);
+    assert_eq!(live.load(Ordering::SeqCst), 0);
+}
+
+#[test]
+fn three_guards_dropped_oldest_first_and_middle_first() {
+    let store = AsyncLocalStorage::new();
+    let a = store.enter_scope(1);
+    let b = store.enter_scope(2);
+    let c = store.enter_scope(3);
+    drop(b);
+    assert_eq!(store.get_store().as_deref(), Some(&3));
+    drop(a);
+    assert_eq!(store.get_store().as_deref(), Some(&3));
+    drop(c);
+    assert_eq!(store.get_store(), None);
+
+    let a = store.enter_scope(1);
+    let b = store.enter_scope(2);
+    let c = store.enter_scope(3);
+    drop(b);
+    drop(c);
+    // `b` handed its previous store (1) to `c`.
+    assert_eq!(store.get_store().as_deref(), Some(&1));
+    drop(a);
+    assert_eq!(store.get_store(), None);
+}
+
+#[test]
+fn guards_dropped_out_of_order_around_a_disable() {
+    let store = AsyncLocalStorage::new();
+    let older = store.enter_scope(1);
+    store.disable();
+    let younger = store.enter_scope(2);
+    drop(older);
+    assert_eq!(store.get_store().as_deref(), Some(&2));
+    drop(younger);
+    // Not store 1: `disable` ended it.
+    assert_eq!(store.get_store(), None);
+}
+
+#[test]
+fn guards_of_different_storages_dropped_out_of_order_are_independent() {
+    let first = AsyncLocalStorage::new();
+    let second = AsyncLocalStorage::new();
+    let a = first.enter_scope(1);
+    let b = second.enter_scope(2);
+    drop(a);
+    assert_eq!(first.get_store(), None);
+    assert_eq!(second.get_store().as_deref(), Some(&2));
+    drop(b);
+    assert_eq!(second.get_store(), None);
+}
+
+#[test]
+fn a_guard_returned_out_of_a_resource_scope_changes_nothing_when_dropped() {
+    let store = AsyncLocalStorage::new();
+    let resource = store.run(1, || AsyncResource::new("Job"));
+    let guard = resource.run_in_async_scope(|| {
+        let guard = store.enter_scope(2);
+        assert_eq!(store.get_store().as_deref(), Some(&2));
+        guard
+    });
+    assert_eq!(store.get_store(), None);
+    store.run(3, || {
+        drop(guard);
+        // Not the resource's store (1), which the guard would have put back.
+        assert_eq!(store.get_store().as_deref(), Some(&3));
+    });
+    assert_eq!(
+        resource.run_in_async_scope(|| store.get_store()).as_deref(),
+        Some(&1)
+    );
+}
+
+#[test]
+fn guards_held_across_polls_of_two_interleaved_futures_stay_in_their_own() {
+    let store = AsyncLocalStorage::<u32>::new();
+    // Each future makes a guard in its first poll and drops it in its second.
+    let future = |value: u32| {
+        let store = &store;
+        let mut guard = None;
+        let mut polls = 0;
+        std::future::poll_fn(move |_| {
+            polls += 1;
+            if polls == 1 {
+                guard = Some(store.enter_scope(value));
+                return Poll::Pending;
+            }
+            let before = store.get_store().map(|s| *s);
+            drop(guard.take());
+            Poll::Ready((before, store.get_store().map(|s| *s)))
+        })
+        .bind_context()
+    };
+    let waker = futures::task::noop_waker();
+    let mut cx = std::task::Context::from_waker(&waker);
+    let mut first = Box::pin(future(1));
+    let mut second = Box::pin(future(2));
+    assert!(first.as_mut().poll(&mut cx).is_pending());
+    assert!(second.as_mut().poll(&mut cx).is_pending());
+    assert_eq!(store.get_store(), None);
+    // The older guard (the first future's) is dropped first, in its own execution: it is not out
+    // of order with the second future's.
+    assert_eq!(first.as_mut().poll(&mut cx), Poll::Ready((Some(1), None)));
+    assert_eq!(second.as_mut().poll(&mut cx), Poll::Ready((Some(2), None)));
+    assert_eq!(store.get_store(), None);
+}
+
+#[test]
 fn with_store_and_get_store_agree_with_many_storages() {
     let storages: Vec<AsyncLocalStorage<usize>> =
         (0..100).map(|_| AsyncLocalStorage::new()).collect();

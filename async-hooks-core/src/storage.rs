@@ -7,15 +7,18 @@
 //! and `exit` build theirs on their own stack when it has at most four entries, and copy it to
 //! the heap only if something inside keeps it (a resource, a future, a snapshot).
 
+use std::cell::RefCell;
 use std::fmt;
 use std::future::Future;
 use std::marker::PhantomData;
 use std::pin::Pin;
+use std::ptr;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
 
 use crate::context::{ThreadState, with_state};
+use crate::id::AsyncId;
 
 #[allow(unsafe_code)]
 mod frame;
@@ -34,9 +37,11 @@ struct KeyEntry {
     key: u64,
     /// The storage's entry before (outer `None`: it had none).
     previous: Option<Option<Value>>,
-    /// The whole frame before, to put back as is when nothing else changed meanwhile.
-    previous_frame: Frame,
-    installed: Frame,
+    /// The whole frame before and the frame installed: when the frame is still the installed
+    /// one at the end, the frame before goes back as is. `None` once an older guard of the same
+    /// storage handed its `previous` over (see [`LiveGuards`]): the frame before then holds
+    /// the older guard's store, which must not come back.
+    frames: Option<(Frame, Frame)>,
 }
 
 impl KeyEntry {
@@ -52,8 +57,7 @@ impl KeyEntry {
         KeyEntry {
             key,
             previous,
-            previous_frame,
-            installed,
+            frames: Some((previous_frame, installed)),
         }
     }
 
@@ -61,10 +65,9 @@ impl KeyEntry {
     /// [`restore_entry`]).
     fn restore(self, state: &ThreadState, current_key: u64) {
         let current = state.frame.take();
-        let restored = if current.ptr_eq(&self.installed) {
-            self.previous_frame
-        } else {
-            restore_entry(&current, self.key, self.previous, current_key)
+        let restored = match self.frames {
+            Some((previous_frame, installed)) if current.ptr_eq(&installed) => previous_frame,
+            _ => restore_entry(&current, self.key, self.previous, current_key),
         };
         state.set_frame(restored);
         drop(current);
@@ -480,9 +483,12 @@ impl<T: Send + Sync + 'static> AsyncLocalStorage<T> {
         let key = self.write_key();
         let value = Value::new(Arc::new(store));
         release_at_thread_exit();
+        let execution = with_state(|state| state.execution_async_id());
         let entry = with_state(|state| KeyEntry::set(state, key, Some(value)));
         StorageGuard {
             entry: Some(entry),
+            at: LiveGuards::register(ptr::from_ref(self).addr(), key, execution),
+            execution,
             storage: self,
             _not_send: PhantomData,
         }
@@ -572,19 +578,181 @@ impl<T: Send + Sync + 'static> fmt::Debug for AsyncLocalStorage<T> {
 /// drop(guard);
 /// assert_eq!(USER.get_store(), None);
 /// ```
+///
+/// Guards nest like `run`s. Two guards of one storage dropped out of order still end as
+/// nested scopes would: dropping the older one first changes nothing (the younger one's store
+/// stays current), and dropping the younger one then puts back the store from before both.
+///
+/// ```
+/// # use async_hooks::AsyncLocalStorage;
+/// static USER: AsyncLocalStorage<&str> = AsyncLocalStorage::new();
+///
+/// let outer = USER.enter_scope("ada");
+/// let inner = USER.enter_scope("bob");
+/// drop(outer);
+/// assert_eq!(USER.get_store().as_deref(), Some(&"bob"));
+/// drop(inner);
+/// assert_eq!(USER.get_store(), None);
+/// ```
+///
+/// A guard kept across `.await`s in an instrumented future stays in that future's execution.
+/// One dropped in another execution than the one that made it (returned out of a
+/// `run_in_async_scope` closure, say) ended with that execution's scope, and its drop changes
+/// nothing. Do not return a guard out of a `run`, `exit` or [`Snapshot::run`] closure: dropped
+/// after that scope ended, it would put back the store that was current inside it.
 #[must_use = "the store is current only while the guard lives"]
 pub struct StorageGuard<'a, T> {
+    /// What the drop puts back; `None` once dropped.
     entry: Option<KeyEntry>,
+    /// The guard's place in this thread's [`LiveGuards`] (`UNLISTED`: not listed).
+    at: usize,
+    /// The execution that made the guard: its scope is that execution's.
+    execution: AsyncId,
     storage: &'a AsyncLocalStorage<T>,
     _not_send: PhantomData<*const ()>,
 }
 
 impl<T> Drop for StorageGuard<'_, T> {
     fn drop(&mut self) {
-        if let Some(entry) = self.entry.take() {
+        let Some(mut entry) = self.entry.take() else {
+            return;
+        };
+        let mut released = Released::default();
+        let restore = self.at == UNLISTED || LiveGuards::end(self.at, &mut entry, &mut released);
+        // A guard dropped in another execution than the one that made it (returned out of a
+        // resource's scope, say) ended with that execution's scope: putting its previous store
+        // back here would bring a store of that scope into this one.
+        if restore && with_state(|state| state.execution_async_id()) == self.execution {
             let current_key = self.storage.key.load(Ordering::Relaxed);
             with_state(|state| entry.restore(state, current_key));
         }
+        // Otherwise `entry` is released as it is; `released` goes last, with the list of guards
+        // no longer borrowed (a store's `Drop` may make guards).
+        drop(released);
+    }
+}
+
+/// What ending a guard no longer needs, dropped once the list of guards is no longer borrowed.
+#[derive(Default)]
+struct Released {
+    previous: Vec<Option<Option<Value>>>,
+    frames: Option<(Frame, Frame)>,
+}
+
+/// [`StorageGuard::at`] of a guard made while the thread's locals are being destroyed, when
+/// its list is gone: it restores on its own.
+const UNLISTED: usize = usize::MAX;
+
+/// This thread's guards in the order they were made, so that a guard dropped while a younger
+/// guard of the same storage lives (out of order) is told apart from one dropped last. Guards of
+/// one storage in one execution nest like `run`s: dropping an older one first ends it inside the
+/// younger one's scope, where it changes nothing; what it would have put back is kept in its
+/// place here, and the younger one puts that back instead of its own previous store (which is
+/// the older one's, whose guard is gone).
+struct LiveGuards {
+    guards: Vec<ListedGuard>,
+}
+
+/// A guard's place in [`LiveGuards`].
+struct ListedGuard {
+    /// The storage's address, which stays put while the guard borrows it.
+    storage: usize,
+    key: u64,
+    execution: AsyncId,
+    state: ListedState,
+}
+
+enum ListedState {
+    Live,
+    /// Dropped out of order: what it would have put back, for the younger guard of its storage
+    /// to put back instead.
+    Handed(Option<Option<Value>>),
+    /// Dropped, with nothing left to hand on; removed once it is at the end of the list.
+    Gone,
+}
+
+thread_local! {
+    static LIVE_GUARDS: RefCell<LiveGuards> = const {
+        RefCell::new(LiveGuards { guards: Vec::new() })
+    };
+}
+
+impl LiveGuards {
+    /// Lists a new guard; returns its place ([`UNLISTED`] while the thread's locals are being
+    /// destroyed).
+    fn register(storage: usize, key: u64, execution: AsyncId) -> usize {
+        LIVE_GUARDS
+            .try_with(|live| {
+                let guards = &mut live.borrow_mut().guards;
+                guards.push(ListedGuard {
+                    storage,
+                    key,
+                    execution,
+                    state: ListedState::Live,
+                });
+                guards.len() - 1
+            })
+            .unwrap_or(UNLISTED)
+    }
+
+    /// Ends the guard at `at`, whose entry is `entry`; returns whether its drop restores the
+    /// entry. If an older guard of the same storage in the same execution was dropped out of
+    /// order, `entry` puts back what that one would have. What `entry` and the list no longer
+    /// need goes to `released`, for the caller to drop once the list is no longer borrowed (a
+    /// store's `Drop` may make guards).
+    fn end(at: usize, entry: &mut KeyEntry, released: &mut Released) -> bool {
+        LIVE_GUARDS
+            .try_with(|live| live.borrow_mut().end_at(at, entry, released))
+            // The list is gone (the thread's locals are being destroyed): restore on its own.
+            .unwrap_or(true)
+    }
+
+    fn end_at(&mut self, at: usize, entry: &mut KeyEntry, released: &mut Released) -> bool {
+        let (storage, execution) = (self.guards[at].storage, self.guards[at].execution);
+        let same = |guard: &ListedGuard| guard.storage == storage && guard.execution == execution;
+        let younger_lives = self.guards[at + 1..]
+            .iter()
+            .any(|guard| same(guard) && matches!(guard.state, ListedState::Live));
+        if younger_lives {
+            // Out of order: hand what this guard would put back to the younger one.
+            let previous = entry.previous.take();
+            self.guards[at].state = ListedState::Handed(previous);
+            return false;
+        }
+        // The innermost guard of its storage here. Older ones dropped meanwhile handed on what
+        // they would have put back; the oldest of an unbroken run of them wins.
+        self.guards[at].state = ListedState::Gone;
+        for older in self.guards[..at]
+            .iter_mut()
+            .rev()
+            .filter(|guard| same(guard))
+        {
+            match std::mem::replace(&mut older.state, ListedState::Gone) {
+                ListedState::Handed(previous) if older.key == entry.key => {
+                    let replaced = std::mem::replace(&mut entry.previous, previous);
+                    released.previous.push(replaced);
+                    // The frame before this guard holds the older guard's store: not put back.
+                    if let Some(frames) = entry.frames.take() {
+                        released.frames = Some(frames);
+                    }
+                }
+                // Disabled in between: the older guard's entry went with its key.
+                ListedState::Handed(previous) => released.previous.push(previous),
+                ListedState::Gone => {}
+                ListedState::Live => {
+                    older.state = ListedState::Live;
+                    break;
+                }
+            }
+        }
+        while let Some(ListedGuard {
+            state: ListedState::Gone,
+            ..
+        }) = self.guards.last()
+        {
+            self.guards.pop();
+        }
+        true
     }
 }
 
@@ -884,6 +1052,53 @@ mod tests {
         // `run` restores only its own storage: the other one's `enter_with` survives it.
         assert_eq!(other.get_store().as_deref(), Some(&2));
         other.disable();
+    }
+
+    /// Guards dropped out of order inside a `run` (a stack frame under them), across a
+    /// `disable`, and with a store whose `Drop` makes and drops a guard of its own while the
+    /// releases run: every store is dropped exactly once, and the right one is current.
+    #[test]
+    fn guards_dropped_out_of_order_release_every_store_once() {
+        let drops = Arc::new(AtomicUsize::new(0));
+        let store: AsyncLocalStorage<Counted> = AsyncLocalStorage::new();
+        let value = |s: &AsyncLocalStorage<Counted>| s.with_store(|c| c.map(|c| c.value));
+        store.run(counted(1, &drops), || {
+            let a = store.enter_scope(counted(2, &drops));
+            let b = store.enter_scope(counted(3, &drops));
+            let c = store.enter_scope(counted(4, &drops));
+            drop(b);
+            drop(a);
+            assert_eq!(value(&store), Some(4));
+            assert_eq!(drops.load(Ordering::SeqCst), 0);
+            drop(c);
+            assert_eq!(value(&store), Some(1));
+            assert_eq!(drops.load(Ordering::SeqCst), 3);
+            let d = store.enter_scope(counted(5, &drops));
+            store.disable();
+            let e = store.enter_scope(counted(6, &drops));
+            drop(d);
+            assert_eq!(value(&store), Some(6));
+            drop(e);
+            assert_eq!(value(&store), None);
+        });
+        assert_eq!(drops.load(Ordering::SeqCst), 6);
+
+        struct Reentrant(&'static AsyncLocalStorage<u64>);
+        impl Drop for Reentrant {
+            fn drop(&mut self) {
+                let guard = self.0.enter_scope(9);
+                assert_eq!(self.0.get_store().as_deref(), Some(&9));
+                drop(guard);
+            }
+        }
+        static OTHER: AsyncLocalStorage<u64> = AsyncLocalStorage::new();
+        let reentrant: AsyncLocalStorage<Reentrant> = AsyncLocalStorage::new();
+        let a = reentrant.enter_scope(Reentrant(&OTHER));
+        let b = reentrant.enter_scope(Reentrant(&OTHER));
+        drop(a);
+        drop(b);
+        assert!(reentrant.get_store().is_none());
+        assert_eq!(OTHER.get_store(), None);
     }
 
     #[test]
