@@ -156,6 +156,14 @@ fn writes(c: &mut Criterion) {
         });
     });
     group.finish();
+
+    // A guard's scope: the store's `Arc`, a heap frame, and the thread's list of live guards
+    // (which tells an out-of-order drop apart).
+    let mut group = c.benchmark_group("enter_scope");
+    group.bench_function("async-hooks enter_scope + drop", |b| {
+        b.iter(|| drop(STORE.enter_scope(black_box(1))))
+    });
+    group.finish();
 }
 
 criterion_group!(benches, reads, writes);
