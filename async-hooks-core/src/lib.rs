@@ -40,4 +40,16 @@ pub mod __private {
     pub fn bound_resource(ty: &'static ResourceType) -> AsyncResource {
         AsyncResource::__with_type(ty)
     }
+
+    /// Names a function type's output: `<fn() -> ! as FnOutput>::Output` is `!` on stable Rust,
+    /// where `!` can be written only as a function's return type. `#[async_resource]` uses it
+    /// for a `-> !` fn's future output.
+    pub trait FnOutput {
+        /// The output.
+        type Output;
+    }
+
+    impl<T> FnOutput for fn() -> T {
+        type Output = T;
+    }
 }

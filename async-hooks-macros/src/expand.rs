@@ -109,9 +109,19 @@ pub(crate) fn async_resource(args: TokenStream, item: TokenStream) -> syn::Resul
         }
     }
 
+    // `!` can be written only as a function's return type on stable Rust: the future's output
+    // and the fake return's `let` name it through a function type instead.
+    let never = |ty: &Type| -> TokenStream {
+        match ty {
+            Type::Never(_) => quote_spanned! {ty.span()=>
+                <fn() -> #ty as #krate::__private::FnOutput>::Output
+            },
+            _ => quote!(#ty),
+        }
+    };
     let output = match &sig.output {
         ReturnType::Default => quote!(()),
-        ReturnType::Type(_, ty) => quote!(#ty),
+        ReturnType::Type(_, ty) => never(ty),
     };
     // The "fake return edge" (as in tracing-attributes): the async block's output type is
     // fixed before the user's body is checked, so a mismatch is reported on the user's
@@ -119,7 +129,7 @@ pub(crate) fn async_resource(args: TokenStream, item: TokenStream) -> syn::Resul
     // which a `let` cannot name.
     let fake_return_type = match &sig.output {
         ReturnType::Type(_, ty) if mentions_impl(ty) => None,
-        ReturnType::Type(_, ty) => Some((quote!(#ty), ty.span())),
+        ReturnType::Type(_, ty) => Some((never(ty), ty.span())),
         ReturnType::Default => Some((quote!(()), Span::call_site())),
     };
     let fake_return = match fake_return_type {

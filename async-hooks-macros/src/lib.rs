@@ -22,10 +22,11 @@ mod validate;
 /// (completed, cancelled or never polled) fires `destroy`.
 ///
 /// Works on free fns, inherent methods with any receiver (`&self`, `&mut self`, `self`,
-/// `self: Arc<Self>`), trait-impl methods (the trait may declare `async fn`), generics,
-/// lifetimes, borrowed and `impl Trait` arguments. The returned future is `Send` exactly when
-/// the body's future is. As with `async fn`, every argument moves into the future, even unused
-/// ones, and they are dropped in the same order as `async fn` drops them.
+/// `self: Arc<Self>`, `self: Pin<&mut Self>`), trait-impl methods (the trait may declare
+/// `async fn`), generics (also `const` ones), lifetimes, borrowed and `impl Trait` arguments,
+/// patterns as parameters, and `-> !` (a loop that never ends). The returned future is `Send`
+/// exactly when the body's future is. As with `async fn`, every argument moves into the future,
+/// even unused ones, and they are dropped in the same order as `async fn` drops them.
 ///
 /// Options: `type = "DBQuery"` (the resource type name; default: the function's name) and
 /// `crate = path` (where `async-hooks` is; default `::async_hooks`).
