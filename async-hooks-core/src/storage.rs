@@ -643,18 +643,27 @@ struct Released {
 /// its list is gone: it restores on its own.
 const UNLISTED: usize = usize::MAX;
 
-/// This thread's guards in the order they were made, so that a guard dropped while a younger
-/// guard of the same storage lives (out of order) is told apart from one dropped last. Guards of
-/// one storage in one execution nest like `run`s: dropping an older one first ends it inside the
-/// younger one's scope, where it changes nothing; what it would have put back is kept in its
-/// place here, and the younger one puts that back instead of its own previous store (which is
-/// the older one's, whose guard is gone).
+/// This thread's guards, each with its place in the order they were made, so that a guard
+/// dropped while a younger guard of the same storage lives (out of order) is told apart from one
+/// dropped last. Guards of one storage in one execution nest like `run`s: dropping an older one
+/// first ends it inside the younger one's scope, where it changes nothing; what it would have put
+/// back is kept in its slot here, and the younger one puts that back instead of its own previous
+/// store (which is the older one's, whose guard is gone).
+///
+/// A slot is free again as soon as nothing needs it, so the list is as long as the guards alive
+/// (plus those handed on) whatever order guards of interleaved futures end in.
 struct LiveGuards {
-    guards: Vec<ListedGuard>,
+    slots: Vec<ListedGuard>,
+    /// Free slots.
+    free: Vec<usize>,
+    /// The next guard's place in the order guards were made.
+    next_seq: u64,
 }
 
-/// A guard's place in [`LiveGuards`].
+/// A guard's slot in [`LiveGuards`].
 struct ListedGuard {
+    /// Its place in the order this thread's guards were made.
+    seq: u64,
     /// The storage's address, which stays put while the guard borrows it.
     storage: usize,
     key: u64,
@@ -667,30 +676,41 @@ enum ListedState {
     /// Dropped out of order: what it would have put back, for the younger guard of its storage
     /// to put back instead.
     Handed(Option<Option<Value>>),
-    /// Dropped, with nothing left to hand on; removed once it is at the end of the list.
-    Gone,
+    /// A free slot.
+    Free,
 }
 
 thread_local! {
     static LIVE_GUARDS: RefCell<LiveGuards> = const {
-        RefCell::new(LiveGuards { guards: Vec::new() })
+        RefCell::new(LiveGuards { slots: Vec::new(), free: Vec::new(), next_seq: 0 })
     };
 }
 
 impl LiveGuards {
-    /// Lists a new guard; returns its place ([`UNLISTED`] while the thread's locals are being
+    /// Lists a new guard; returns its slot ([`UNLISTED`] while the thread's locals are being
     /// destroyed).
     fn register(storage: usize, key: u64, execution: AsyncId) -> usize {
         LIVE_GUARDS
             .try_with(|live| {
-                let guards = &mut live.borrow_mut().guards;
-                guards.push(ListedGuard {
+                let live = &mut *live.borrow_mut();
+                let guard = ListedGuard {
+                    seq: live.next_seq,
                     storage,
                     key,
                     execution,
                     state: ListedState::Live,
-                });
-                guards.len() - 1
+                };
+                live.next_seq += 1;
+                match live.free.pop() {
+                    Some(at) => {
+                        live.slots[at] = guard;
+                        at
+                    }
+                    None => {
+                        live.slots.push(guard);
+                        live.slots.len() - 1
+                    }
+                }
             })
             .unwrap_or(UNLISTED)
     }
@@ -708,27 +728,37 @@ impl LiveGuards {
     }
 
     fn end_at(&mut self, at: usize, entry: &mut KeyEntry, released: &mut Released) -> bool {
-        let (storage, execution) = (self.guards[at].storage, self.guards[at].execution);
-        let same = |guard: &ListedGuard| guard.storage == storage && guard.execution == execution;
-        let younger_lives = self.guards[at + 1..]
-            .iter()
-            .any(|guard| same(guard) && matches!(guard.state, ListedState::Live));
+        let this = &self.slots[at];
+        let (seq, storage, execution) = (this.seq, this.storage, this.execution);
+        let same = |guard: &ListedGuard| {
+            guard.storage == storage
+                && guard.execution == execution
+                && !matches!(guard.state, ListedState::Free)
+        };
+        let younger_lives = self.slots.iter().any(|guard| {
+            same(guard) && guard.seq > seq && matches!(guard.state, ListedState::Live)
+        });
         if younger_lives {
             // Out of order: hand what this guard would put back to the younger one.
-            let previous = entry.previous.take();
-            self.guards[at].state = ListedState::Handed(previous);
+            self.slots[at].state = ListedState::Handed(entry.previous.take());
             return false;
         }
+        self.free_slot(at);
         // The innermost guard of its storage here. Older ones dropped meanwhile handed on what
-        // they would have put back; the oldest of an unbroken run of them wins.
-        self.guards[at].state = ListedState::Gone;
-        for older in self.guards[..at]
-            .iter_mut()
-            .rev()
-            .filter(|guard| same(guard))
+        // they would have put back, nearest first; the oldest of an unbroken run of them wins.
+        let mut below = seq;
+        while let Some(older) = self
+            .slots
+            .iter()
+            .enumerate()
+            .filter(|(_, guard)| same(guard) && guard.seq < below)
+            .max_by_key(|(_, guard)| guard.seq)
+            .map(|(at, _)| at)
         {
-            match std::mem::replace(&mut older.state, ListedState::Gone) {
-                ListedState::Handed(previous) if older.key == entry.key => {
+            below = self.slots[older].seq;
+            match std::mem::replace(&mut self.slots[older].state, ListedState::Live) {
+                ListedState::Live => break,
+                ListedState::Handed(previous) if self.slots[older].key == entry.key => {
                     let replaced = std::mem::replace(&mut entry.previous, previous);
                     released.previous.push(replaced);
                     // The frame before this guard holds the older guard's store: not put back.
@@ -738,21 +768,16 @@ impl LiveGuards {
                 }
                 // Disabled in between: the older guard's entry went with its key.
                 ListedState::Handed(previous) => released.previous.push(previous),
-                ListedState::Gone => {}
-                ListedState::Live => {
-                    older.state = ListedState::Live;
-                    break;
-                }
+                ListedState::Free => unreachable!("`same` skips free slots"),
             }
-        }
-        while let Some(ListedGuard {
-            state: ListedState::Gone,
-            ..
-        }) = self.guards.last()
-        {
-            self.guards.pop();
+            self.free_slot(older);
         }
         true
+    }
+
+    fn free_slot(&mut self, at: usize) {
+        self.slots[at].state = ListedState::Free;
+        self.free.push(at);
     }
 }
 
@@ -1099,6 +1124,33 @@ mod tests {
         drop(b);
         assert!(reentrant.get_store().is_none());
         assert_eq!(OTHER.get_store(), None);
+    }
+
+    /// Two executions that each keep a guard and replace it, in turn: the list of guards stays as
+    /// long as the guards alive (it grew by one record a round when only its end was trimmed).
+    #[test]
+    fn guards_of_interleaved_executions_leave_no_records_behind() {
+        let store: AsyncLocalStorage<u64> = AsyncLocalStorage::new();
+        let executions = [AsyncResource::new("A"), AsyncResource::new("B")];
+        let mut held = [None, None];
+        for round in 0..200 {
+            let k = round % 2;
+            executions[k].run_in_async_scope(|| {
+                held[k] = None;
+                held[k] = Some(store.enter_scope(round as u64));
+                assert_eq!(store.get_store().as_deref(), Some(&(round as u64)));
+            });
+        }
+        let records = LIVE_GUARDS.with(|live| live.borrow().slots.len());
+        assert!(records <= 3, "{records} records for 2 live guards");
+        for (k, execution) in executions.iter().enumerate() {
+            execution.run_in_async_scope(|| held[k] = None);
+        }
+        let live = LIVE_GUARDS.with(|live| {
+            let live = live.borrow();
+            live.slots.len() - live.free.len()
+        });
+        assert_eq!(live, 0);
     }
 
     #[test]
