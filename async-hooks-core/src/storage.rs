@@ -468,7 +468,8 @@ impl<T: Send + Sync + 'static> AsyncLocalStorage<T> {
 
     /// Like [`run`](AsyncLocalStorage::run) without a closure: `store` is current until the
     /// returned guard is dropped, which restores this storage's previous store (Node's
-    /// `withScope`). The guard is `!Send`: drop it on the thread that created it.
+    /// `withScope`). The guard is `!Send`: drop it on the thread that created it. Guards nest
+    /// like `run`s, also when dropped out of order (see [`StorageGuard`]).
     ///
     /// ```
     /// # use async_hooks::AsyncLocalStorage;
