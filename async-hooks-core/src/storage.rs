@@ -63,11 +63,20 @@ impl KeyEntry {
 
     /// Puts back the storage's previous entry. `current_key` is the storage's key now (see
     /// [`restore_entry`]).
-    fn restore(self, state: &ThreadState, current_key: u64) {
+    fn restore(mut self, state: &ThreadState, current_key: u64) {
+        self.restore_in_place(state, current_key);
+    }
+
+    /// [`KeyEntry::restore`] without moving the entry (a guard's drop: moving it out of the
+    /// guard cost a store-forwarding stall, its fields read back in 16-byte loads). What is
+    /// left in it is released with it, after the frame is put back.
+    fn restore_in_place(&mut self, state: &ThreadState, current_key: u64) {
         let current = state.frame.take();
-        let restored = match self.frames {
-            Some((previous_frame, installed)) if current.ptr_eq(&installed) => previous_frame,
-            _ => restore_entry(&current, self.key, self.previous, current_key),
+        let restored = match &mut self.frames {
+            Some((previous_frame, installed)) if current.ptr_eq(installed) => {
+                std::mem::take(previous_frame)
+            }
+            _ => restore_entry(&current, self.key, self.previous.take(), current_key),
         };
         state.set_frame(restored);
         drop(current);
@@ -615,20 +624,22 @@ pub struct StorageGuard<'a, T> {
 
 impl<T> Drop for StorageGuard<'_, T> {
     fn drop(&mut self) {
-        let Some(mut entry) = self.entry.take() else {
+        // Used in place: moving the entry out cost a store-forwarding stall.
+        let Some(entry) = &mut self.entry else {
             return;
         };
         let mut released = Released::default();
-        let restore = self.at == UNLISTED || LiveGuards::end(self.at, &mut entry, &mut released);
+        let restore = self.at == UNLISTED || LiveGuards::end(self.at, entry, &mut released);
         // A guard dropped in another execution than the one that made it (returned out of a
         // resource's scope, say) ended with that execution's scope: putting its previous store
         // back here would bring a store of that scope into this one.
         if restore && with_state(|state| state.execution_async_id()) == self.execution {
             let current_key = self.storage.key.load(Ordering::Relaxed);
-            with_state(|state| entry.restore(state, current_key));
+            with_state(|state| entry.restore_in_place(state, current_key));
         }
-        // Otherwise `entry` is released as it is; `released` goes last, with the list of guards
+        // What is left of the entry is released here, `released` last, with the list of guards
         // no longer borrowed (a store's `Drop` may make guards).
+        self.entry = None;
         drop(released);
     }
 }
