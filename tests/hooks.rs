@@ -485,6 +485,55 @@ fn panic_inside_run_in_async_scope_fires_after_and_restores() {
 }
 
 #[test]
+fn async_resource_bind_runs_each_call_in_scope_and_destroys_on_drop() {
+    let _serial = serial();
+    let log = Log::default();
+    let hook = recorder("A", &log).enable();
+    let r = AsyncResource::new("Callback");
+    let rid = r.async_id();
+    let mut calls = 0;
+    let mut bound = r.bind(|| {
+        calls += 1;
+        (execution_async_id(), trigger_async_id())
+    });
+    assert_eq!(bound(), (rid, AsyncId::ROOT));
+    assert_eq!(bound(), (rid, AsyncId::ROOT));
+    drop(bound);
+    assert_eq!(calls, 2);
+    assert_eq!(execution_async_id(), AsyncId::ROOT);
+
+    let emitted = AsyncResource::new("Each");
+    let eid = emitted.async_id();
+    emitted.emit_destroy().unwrap();
+    let doubled: Vec<u64> = [1, 2]
+        .into_iter()
+        .map(emitted.bind1(|x: u64| {
+            assert_eq!(execution_async_id(), eid);
+            x * 2
+        }))
+        .collect();
+    assert_eq!(doubled, [2, 4]);
+    hook.disable();
+    assert_eq!(
+        log.take(),
+        [
+            format!("A init Callback({rid}) trigger=1"),
+            format!("A before {rid}"),
+            format!("A after {rid}"),
+            format!("A before {rid}"),
+            format!("A after {rid}"),
+            format!("A destroy {rid}"),
+            format!("A init Each({eid}) trigger=1"),
+            format!("A destroy {eid}"),
+            format!("A before {eid}"),
+            format!("A after {eid}"),
+            format!("A before {eid}"),
+            format!("A after {eid}"),
+        ]
+    );
+}
+
+#[test]
 fn destroy_on_drop_once_and_manual_destroy() {
     let _serial = serial();
     let log = Log::default();

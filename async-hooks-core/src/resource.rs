@@ -913,6 +913,44 @@ impl AsyncResource {
         })
     }
 
+    /// Node's `asyncResource.bind(fn)`: `f` as a closure that runs each call in this resource's
+    /// scope, as [`run_in_async_scope`](AsyncResource::run_in_async_scope) does. The closure
+    /// owns the resource, so `destroy` fires when it is dropped (unless emitted before). For
+    /// one argument see [`bind1`](AsyncResource::bind1); for any parameter list, or a new
+    /// resource per closure, use `bind!`.
+    ///
+    /// ```
+    /// use async_hooks::{AsyncLocalStorage, AsyncResource, execution_async_id};
+    ///
+    /// static USER: AsyncLocalStorage<&str> = AsyncLocalStorage::new();
+    /// let resource = USER.run("ada", || AsyncResource::new("Callback"));
+    /// let id = resource.async_id();
+    /// let mut callback = resource.bind(move || (execution_async_id() == id, USER.get_store()));
+    /// let (in_scope, user) = std::thread::spawn(move || callback()).join().unwrap();
+    /// assert!(in_scope);
+    /// assert_eq!(user.as_deref(), Some(&"ada"));
+    /// ```
+    pub fn bind<R>(self, mut f: impl FnMut() -> R) -> impl FnMut() -> R {
+        move || self.run_in_async_scope(&mut f)
+    }
+
+    /// [`bind`](AsyncResource::bind) for a closure of one argument (what `map`, `for_each` and
+    /// most callbacks take).
+    ///
+    /// ```
+    /// use async_hooks::{AsyncLocalStorage, AsyncResource};
+    ///
+    /// static FACTOR: AsyncLocalStorage<u32> = AsyncLocalStorage::new();
+    /// let resource = FACTOR.run(10, || AsyncResource::new("Scale"));
+    /// let scaled: Vec<u32> = (1..=3)
+    ///     .map(resource.bind1(|x| x * *FACTOR.get_store().unwrap()))
+    ///     .collect();
+    /// assert_eq!(scaled, [10, 20, 30]);
+    /// ```
+    pub fn bind1<A, R>(self, mut f: impl FnMut(A) -> R) -> impl FnMut(A) -> R {
+        move |argument| self.run_in_async_scope(|| f(argument))
+    }
+
     /// Emits `destroy` now (Node's `emitDestroy`). Dropping the resource afterwards emits nothing.
     ///
     /// Errors with `ERR_INVALID_STATE` if `destroy` was already emitted.
