@@ -34,6 +34,9 @@ enum Step {
     Exit(usize, Vec<Step>),
     /// `let guard = storage[s].enter_scope(v); steps; drop(guard)`.
     EnterScope(usize, u32, Vec<Step>),
+    /// Two guards of one storage dropped out of order: `let older = storage[s].enter_scope(v1);
+    /// let younger = storage[s].enter_scope(v2); steps; drop(older); drop(younger)`.
+    EnterScopeOutOfOrder(usize, u32, u32, Vec<Step>),
     EnterWith(usize, u32),
     Disable(usize),
     Capture,
@@ -74,6 +77,8 @@ fn step() -> impl Strategy<Value = Step> {
             1 => (storage.clone(), body.clone()).prop_map(|(s, b)| Step::Exit(s, b)),
             1 => (storage.clone(), value.clone(), body.clone())
                 .prop_map(|(s, v, b)| Step::EnterScope(s, v, b)),
+            1 => (storage.clone(), value.clone(), value.clone(), body.clone())
+                .prop_map(|(s, v1, v2, b)| Step::EnterScopeOutOfOrder(s, v1, v2, b)),
             1 => (any::<u8>(), body.clone()).prop_map(|(i, b)| Step::SnapshotRun(i, b)),
             1 => (any::<u8>(), body.clone()).prop_map(|(i, b)| Step::ResourceRun(i, b)),
             2 => (
@@ -359,6 +364,24 @@ fn exec_step(sh: &Arc<Shared>, step: &Step, frame: &mut MFrame, ids: Ids) {
             let guard = sh.storages[*s].enter_scope(*v);
             exec_steps(sh, body, frame, ids);
             drop(guard);
+            close();
+            frame[*s] = previous;
+        }
+        Step::EnterScopeOutOfOrder(s, v1, v2, body) => {
+            let previous = frame[*s];
+            frame[*s] = Some((sh.generation(*s), Some(*v1)));
+            open(Some((*s, sh.generation(*s))));
+            let older = sh.storages[*s].enter_scope(*v1);
+            frame[*s] = Some((sh.generation(*s), Some(*v2)));
+            open(Some((*s, sh.generation(*s))));
+            let younger = sh.storages[*s].enter_scope(*v2);
+            exec_steps(sh, body, frame, ids);
+            // The older guard ends inside the younger one's scope: nothing changes.
+            drop(older);
+            sh.check(frame, ids, step);
+            close();
+            // The younger one puts back what was current before both.
+            drop(younger);
             close();
             frame[*s] = previous;
         }
