@@ -1128,6 +1128,20 @@ mod tests {
                 drop(guard);
             }
         }
+        // Guards made and dropped out of order while `with_store` lends the frame they replace.
+        store.enter_with(counted(7, &drops));
+        store.with_store(|lent| {
+            let older = store.enter_scope(counted(8, &drops));
+            let younger = store.enter_scope(counted(9, &drops));
+            drop(older);
+            assert_eq!(lent.map(|c| c.value), Some(7));
+            drop(younger);
+            assert_eq!(value(&store), Some(7));
+        });
+        assert_eq!(drops.load(Ordering::SeqCst), 8);
+        store.disable();
+        assert_eq!(drops.load(Ordering::SeqCst), 9);
+
         static OTHER: AsyncLocalStorage<u64> = AsyncLocalStorage::new();
         let reentrant: AsyncLocalStorage<Reentrant> = AsyncLocalStorage::new();
         let a = reentrant.enter_scope(Reentrant(&OTHER));
