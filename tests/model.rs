@@ -37,6 +37,9 @@ enum Step {
     /// Two guards of one storage dropped out of order: `let older = storage[s].enter_scope(v1);
     /// let younger = storage[s].enter_scope(v2); steps; drop(older); drop(younger)`.
     EnterScopeOutOfOrder(usize, u32, u32, Vec<Step>),
+    /// A guard that outlives the `run` it was made in: `let guard = storage[s].run(v1, ||
+    /// storage[s].enter_scope(v2)); steps; drop(guard)`, which changes nothing.
+    GuardOutlivingRun(usize, u32, u32, Vec<Step>),
     EnterWith(usize, u32),
     Disable(usize),
     Capture,
@@ -79,6 +82,8 @@ fn step() -> impl Strategy<Value = Step> {
                 .prop_map(|(s, v, b)| Step::EnterScope(s, v, b)),
             1 => (storage.clone(), value.clone(), value.clone(), body.clone())
                 .prop_map(|(s, v1, v2, b)| Step::EnterScopeOutOfOrder(s, v1, v2, b)),
+            1 => (storage.clone(), value.clone(), value.clone(), body.clone())
+                .prop_map(|(s, v1, v2, b)| Step::GuardOutlivingRun(s, v1, v2, b)),
             1 => (any::<u8>(), body.clone()).prop_map(|(i, b)| Step::SnapshotRun(i, b)),
             1 => (any::<u8>(), body.clone()).prop_map(|(i, b)| Step::ResourceRun(i, b)),
             2 => (
@@ -384,6 +389,14 @@ fn exec_step(sh: &Arc<Shared>, step: &Step, frame: &mut MFrame, ids: Ids) {
             drop(younger);
             close();
             frame[*s] = previous;
+        }
+        Step::GuardOutlivingRun(s, v1, v2, body) => {
+            let storage = &sh.storages[*s];
+            let guard = storage.run(*v1, || storage.enter_scope(*v2));
+            sh.check(frame, ids, step);
+            exec_steps(sh, body, frame, ids);
+            // The guard ended with the `run`: dropping it changes nothing.
+            drop(guard);
         }
         Step::EnterWith(s, v) => {
             sh.storages[*s].enter_with(*v);

@@ -516,6 +516,77 @@ fn a_guard_returned_out_of_a_resource_scope_changes_nothing_when_dropped() {
 }
 
 #[test]
+fn a_guard_returned_out_of_run_exit_or_snapshot_run_changes_nothing_when_dropped() {
+    let live = Arc::new(AtomicUsize::new(0));
+    let store = AsyncLocalStorage::new();
+    let other = AsyncLocalStorage::new();
+
+    let guard = store.run(Tracked::new(&live, 1), || {
+        store.enter_scope(Tracked::new(&live, 2))
+    });
+    assert_eq!(store.with_store(|s| s.map(|t| t.1)), None);
+    // Store 1 must not come back (it would have: the guard's previous store).
+    drop(guard);
+    assert_eq!(store.with_store(|s| s.map(|t| t.1)), None);
+    assert_eq!(live.load(Ordering::SeqCst), 0);
+
+    // Two of them, dropped in creation order, after an `enter_with` inside.
+    let (older, younger) = store.exit(|| {
+        store.enter_with(Tracked::new(&live, 3));
+        (
+            store.enter_scope(Tracked::new(&live, 4)),
+            store.enter_scope(Tracked::new(&live, 5)),
+        )
+    });
+    store.run(Tracked::new(&live, 6), || {
+        drop(older);
+        drop(younger);
+        assert_eq!(store.with_store(|s| s.map(|t| t.1)), Some(6));
+    });
+    assert_eq!(live.load(Ordering::SeqCst), 0);
+
+    // A guard of another storage outlives a `run` (which restores only its own storage), as an
+    // `enter_with` does, and still puts back its storage's previous store when dropped.
+    let guard = store.run(Tracked::new(&live, 7), || other.enter_scope(8));
+    assert_eq!(other.get_store().as_deref(), Some(&8));
+    drop(guard);
+    assert_eq!(other.get_store(), None);
+
+    // `Snapshot::run` restores every storage: a guard of any of them ends with it.
+    let snapshot = store.run(Tracked::new(&live, 9), Snapshot::capture);
+    let guard = snapshot.run(|| other.enter_scope(10));
+    assert_eq!(other.get_store(), None);
+    other.run(11, || {
+        drop(guard);
+        assert_eq!(other.get_store().as_deref(), Some(&11));
+    });
+    drop(snapshot);
+    assert_eq!(live.load(Ordering::SeqCst), 0);
+}
+
+#[test]
+fn a_guard_kept_in_a_scope_future_dropped_outside_changes_nothing() {
+    let store = AsyncLocalStorage::<u32>::new();
+    let mut future = Box::pin(store.scope(1, async {
+        let _guard = store.enter_scope(2);
+        assert_eq!(store.get_store().as_deref(), Some(&2));
+        std::future::pending::<()>().await;
+    }));
+    let waker = futures::task::noop_waker();
+    assert!(
+        future
+            .as_mut()
+            .poll(&mut std::task::Context::from_waker(&waker))
+            .is_pending()
+    );
+    assert_eq!(store.get_store(), None);
+    // Dropping the future drops the guard here, outside every poll: the scope's store (the
+    // guard's previous one) must not become current.
+    drop(future);
+    assert_eq!(store.get_store(), None);
+}
+
+#[test]
 fn guards_held_across_polls_of_two_interleaved_futures_stay_in_their_own() {
     let store = AsyncLocalStorage::<u32>::new();
     // Each future makes a guard in its first poll and drops it in its second.

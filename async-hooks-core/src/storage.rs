@@ -25,7 +25,7 @@ mod frame;
 
 use frame::FrameRef;
 pub(crate) use frame::{Frame, FrameCell, FrameData, ResourceFrame};
-use frame::{FreshValue, Value};
+use frame::{FreshValue, Value, mark_share, share_count};
 
 /// Storage keys are handed out once and never reused; `disable()` retires a storage's key, so
 /// every frame holding the old key stops showing it at once.
@@ -119,7 +119,12 @@ fn scoped<T: Send + Sync + 'static, R>(
     value: Option<FreshValue<T>>,
     f: impl FnOnce() -> R,
 ) -> R {
-    let restore = |current: &Frame, previous: FrameRef<'_>| {
+    let restore = |current: &Frame, previous: FrameRef<'_>, since: u64| {
+        // A guard of this storage made inside and still alive ends here with the entry it set.
+        // The state is looked up again rather than captured: the closure stays two words.
+        with_state(|state| {
+            LiveGuards::orphan(Some(ptr::from_ref(storage_key).addr()), state, since)
+        });
         let previous = previous.lookup(key).map(|e| e.value.clone());
         restore_entry(current, key, previous, storage_key.load(Ordering::Relaxed))
     };
@@ -131,11 +136,17 @@ struct KeyRestore<'s> {
     /// The storage's key cell, read at restore time (see [`KeyEntry::restore`]).
     storage_key: &'s AtomicU64,
     entry: Option<KeyEntry>,
+    /// [`share_count`] when the scope began.
+    since: u64,
 }
 
 impl Drop for KeyRestore<'_> {
     fn drop(&mut self) {
         if let Some(entry) = self.entry.take() {
+            if share_count() != self.since {
+                let storage = ptr::from_ref(self.storage_key).addr();
+                LiveGuards::orphan(Some(storage), self.state, self.since);
+            }
             entry.restore(self.state, self.storage_key.load(Ordering::Relaxed));
         }
     }
@@ -495,9 +506,10 @@ impl<T: Send + Sync + 'static> AsyncLocalStorage<T> {
         release_at_thread_exit();
         let execution = with_state(|state| state.execution_async_id());
         let entry = with_state(|state| KeyEntry::set(state, key, Some(value)));
+        let storage = ptr::from_ref(&self.key).addr();
         StorageGuard {
             entry: Some(entry),
-            at: LiveGuards::register(ptr::from_ref(self).addr(), key, execution),
+            at: LiveGuards::register(storage, key, execution, mark_share()),
             execution,
             storage: self,
             _not_send: PhantomData,
@@ -606,10 +618,20 @@ impl<T: Send + Sync + 'static> fmt::Debug for AsyncLocalStorage<T> {
 /// ```
 ///
 /// A guard kept across `.await`s in an instrumented future stays in that future's execution.
-/// One dropped in another execution than the one that made it (returned out of a
-/// `run_in_async_scope` closure, say) ended with that execution's scope, and its drop changes
-/// nothing. Do not return a guard out of a `run`, `exit` or [`Snapshot::run`] closure: dropped
-/// after that scope ended, it would put back the store that was current inside it.
+/// A guard that outlives the scope it was made in ends with that scope, and its drop changes
+/// nothing afterwards: a `run`, `exit` or [`Scope`] poll of the same storage, a
+/// [`Snapshot::run`], or another execution (returned out of a `run_in_async_scope` closure, say).
+/// Putting its previous store back then would bring back a store of that ended scope.
+///
+/// ```
+/// # use async_hooks::AsyncLocalStorage;
+/// static USER: AsyncLocalStorage<&str> = AsyncLocalStorage::new();
+///
+/// let guard = USER.run("ada", || USER.enter_scope("bob"));
+/// assert_eq!(USER.get_store(), None);
+/// drop(guard);
+/// assert_eq!(USER.get_store(), None);
+/// ```
 #[must_use = "the store is current only while the guard lives"]
 pub struct StorageGuard<'a, T> {
     /// What the drop puts back; `None` once dropped.
@@ -662,21 +684,23 @@ const UNLISTED: usize = usize::MAX;
 /// back is kept in its slot here, and the younger one puts that back instead of its own previous
 /// store (which is the older one's, whose guard is gone).
 ///
+/// A scope that restores a storage (`run`, `exit`, a [`Scope`] poll; every storage for
+/// [`Snapshot::run`]) ends the guards of that storage made inside it and still alive: their drop
+/// changes nothing afterwards ([`LiveGuards::orphan`]).
+///
 /// A slot is free again as soon as nothing needs it, so the list is as long as the guards alive
 /// (plus those handed on) whatever order guards of interleaved futures end in.
 struct LiveGuards {
     slots: Vec<ListedGuard>,
     /// Free slots.
     free: Vec<usize>,
-    /// The next guard's place in the order guards were made.
-    next_seq: u64,
 }
 
 /// A guard's slot in [`LiveGuards`].
 struct ListedGuard {
-    /// Its place in the order this thread's guards were made.
-    seq: u64,
-    /// The storage's address, which stays put while the guard borrows it.
+    /// When the guard was made, as a [`mark_share`]: after every scope that began before it.
+    created: u64,
+    /// The address of the storage's key cell, which stays put while the guard borrows it.
     storage: usize,
     key: u64,
     execution: AsyncId,
@@ -685,34 +709,38 @@ struct ListedGuard {
 
 enum ListedState {
     Live,
+    /// Alive, but the scope it was made in has ended (and restored its storage): its drop
+    /// changes nothing.
+    Ended,
     /// Dropped out of order: what it would have put back, for the younger guard of its storage
     /// to put back instead.
     Handed(Option<Option<Value>>),
+    /// Handed on inside a scope that has ended since: released by the next guard's drop.
+    Stale(Option<Option<Value>>),
     /// A free slot.
     Free,
 }
 
 thread_local! {
     static LIVE_GUARDS: RefCell<LiveGuards> = const {
-        RefCell::new(LiveGuards { slots: Vec::new(), free: Vec::new(), next_seq: 0 })
+        RefCell::new(LiveGuards { slots: Vec::new(), free: Vec::new() })
     };
 }
 
 impl LiveGuards {
     /// Lists a new guard; returns its slot ([`UNLISTED`] while the thread's locals are being
     /// destroyed).
-    fn register(storage: usize, key: u64, execution: AsyncId) -> usize {
+    fn register(storage: usize, key: u64, execution: AsyncId, created: u64) -> usize {
         LIVE_GUARDS
             .try_with(|live| {
                 let live = &mut *live.borrow_mut();
                 let guard = ListedGuard {
-                    seq: live.next_seq,
+                    created,
                     storage,
                     key,
                     execution,
                     state: ListedState::Live,
                 };
-                live.next_seq += 1;
                 match live.free.pop() {
                     Some(at) => {
                         live.slots[at] = guard;
@@ -725,6 +753,32 @@ impl LiveGuards {
                 }
             })
             .unwrap_or(UNLISTED)
+    }
+
+    /// A scope of `storage` (`None`: of every storage) that began at `since` ([`share_count`])
+    /// ends in `state`'s execution: the guards made inside it and still alive end with it. Only
+    /// marks them (it runs while the scope puts its frame back): what they hold is released when
+    /// they are dropped, or by the next guard's drop.
+    fn orphan(storage: Option<usize>, state: &ThreadState, since: u64) {
+        let execution = state.execution_async_id();
+        let _ = LIVE_GUARDS.try_with(|live| {
+            // Not borrowed here unless a guard's own bookkeeping panicked.
+            let Ok(mut live) = live.try_borrow_mut() else {
+                return;
+            };
+            for guard in &mut live.slots {
+                if guard.execution == execution
+                    && guard.created > since
+                    && storage.is_none_or(|storage| storage == guard.storage)
+                {
+                    guard.state = match std::mem::replace(&mut guard.state, ListedState::Free) {
+                        ListedState::Live => ListedState::Ended,
+                        ListedState::Handed(previous) => ListedState::Stale(previous),
+                        other => other,
+                    };
+                }
+            }
+        });
     }
 
     /// Ends the guard at `at`, whose entry is `entry`; returns whether its drop restores the
@@ -740,15 +794,30 @@ impl LiveGuards {
     }
 
     fn end_at(&mut self, at: usize, entry: &mut KeyEntry, released: &mut Released) -> bool {
+        for stale in 0..self.slots.len() {
+            if let ListedState::Stale(_) = self.slots[stale].state {
+                if let ListedState::Stale(previous) =
+                    std::mem::replace(&mut self.slots[stale].state, ListedState::Free)
+                {
+                    released.previous.push(previous);
+                }
+                self.free.push(stale);
+            }
+        }
+        if let ListedState::Ended = self.slots[at].state {
+            // Its scope ended already, and restored what it would have.
+            self.free_slot(at);
+            return false;
+        }
         let this = &self.slots[at];
-        let (seq, storage, execution) = (this.seq, this.storage, this.execution);
+        let (created, storage, execution) = (this.created, this.storage, this.execution);
         let same = |guard: &ListedGuard| {
             guard.storage == storage
                 && guard.execution == execution
                 && !matches!(guard.state, ListedState::Free)
         };
         let younger_lives = self.slots.iter().any(|guard| {
-            same(guard) && guard.seq > seq && matches!(guard.state, ListedState::Live)
+            same(guard) && guard.created > created && matches!(guard.state, ListedState::Live)
         });
         if younger_lives {
             // Out of order: hand what this guard would put back to the younger one.
@@ -758,19 +827,28 @@ impl LiveGuards {
         self.free_slot(at);
         // The innermost guard of its storage here. Older ones dropped meanwhile handed on what
         // they would have put back, nearest first; the oldest of an unbroken run of them wins.
-        let mut below = seq;
+        // Ended ones are passed over: their scope is gone.
+        let mut below = created;
         while let Some(older) = self
             .slots
             .iter()
             .enumerate()
-            .filter(|(_, guard)| same(guard) && guard.seq < below)
-            .max_by_key(|(_, guard)| guard.seq)
+            .filter(|(_, guard)| same(guard) && guard.created < below)
+            .max_by_key(|(_, guard)| guard.created)
             .map(|(at, _)| at)
         {
-            below = self.slots[older].seq;
-            match std::mem::replace(&mut self.slots[older].state, ListedState::Live) {
-                ListedState::Live => break,
-                ListedState::Handed(previous) if self.slots[older].key == entry.key => {
+            below = self.slots[older].created;
+            let key = self.slots[older].key;
+            match std::mem::replace(&mut self.slots[older].state, ListedState::Free) {
+                ListedState::Live => {
+                    self.slots[older].state = ListedState::Live;
+                    break;
+                }
+                ListedState::Ended => {
+                    self.slots[older].state = ListedState::Ended;
+                    continue;
+                }
+                ListedState::Handed(previous) if key == entry.key => {
                     let replaced = std::mem::replace(&mut entry.previous, previous);
                     released.previous.push(replaced);
                     // The frame before this guard holds the older guard's store: not put back.
@@ -780,9 +858,11 @@ impl LiveGuards {
                 }
                 // Disabled in between: the older guard's entry went with its key.
                 ListedState::Handed(previous) => released.previous.push(previous),
-                ListedState::Free => unreachable!("`same` skips free slots"),
+                ListedState::Stale(_) | ListedState::Free => {
+                    unreachable!("stale slots were released above; `same` skips free ones")
+                }
             }
-            self.free_slot(older);
+            self.free.push(older);
         }
         true
     }
@@ -849,10 +929,12 @@ impl<T: Send + Sync + 'static, F: Future> Future for Scope<'_, T, F> {
                     derived
                 }
             };
+            let since = share_count();
             let _restore = KeyRestore {
                 state,
                 storage_key: &this.storage.key,
                 entry: Some(KeyEntry::install(state, key, base, installed)),
+                since,
             };
             this.future.poll(cx)
         })
@@ -911,6 +993,7 @@ impl Snapshot {
         with_state(|state| {
             let _restore = FrameRestore {
                 state,
+                since: share_count(),
                 previous: Some(state.frame.replace(self.frame.clone())),
             };
             f()
@@ -928,12 +1011,18 @@ impl fmt::Debug for Snapshot {
 
 struct FrameRestore<'s> {
     state: &'s ThreadState,
+    /// [`share_count`] when the scope began.
+    since: u64,
     previous: Option<Frame>,
 }
 
 impl Drop for FrameRestore<'_> {
     fn drop(&mut self) {
         if let Some(previous) = self.previous.take() {
+            if share_count() != self.since {
+                // Every storage's guard made inside and still alive ends here.
+                LiveGuards::orphan(None, self.state, self.since);
+            }
             self.state.set_frame(previous);
         }
     }
@@ -1150,6 +1239,33 @@ mod tests {
         drop(b);
         assert!(reentrant.get_store().is_none());
         assert_eq!(OTHER.get_store(), None);
+    }
+
+    /// Guards that outlive the `run` they were made in: one ended by the `run`, and one dropped
+    /// out of order inside it, whose handed-on store goes stale with the `run` and is released by
+    /// the next guard's drop.
+    #[test]
+    fn guards_outliving_their_run_end_with_it_and_release_their_stores() {
+        let drops = Arc::new(AtomicUsize::new(0));
+        let store: AsyncLocalStorage<Counted> = AsyncLocalStorage::new();
+        let value = |s: &AsyncLocalStorage<Counted>| s.with_store(|c| c.map(|c| c.value));
+        let younger = store.run(counted(1, &drops), || {
+            let older = store.enter_scope(counted(2, &drops));
+            let younger = store.enter_scope(counted(3, &drops));
+            drop(older);
+            younger
+        });
+        assert_eq!(value(&store), None);
+        // Stores 1 and 2 are held: by the handed-on record and the guard's frame from before.
+        assert_eq!(drops.load(Ordering::SeqCst), 0);
+        // The handed-on record (store 1, what `older` would have put back) went stale with the
+        // `run`; the next guard's drop (this one) releases it, with stores 2 and 3.
+        drop(younger);
+        assert_eq!(value(&store), None);
+        assert_eq!(drops.load(Ordering::SeqCst), 3);
+        drop(store.enter_scope(counted(4, &drops)));
+        assert_eq!(drops.load(Ordering::SeqCst), 4);
+        assert_eq!(value(&store), None);
     }
 
     /// Two executions that each keep a guard and replace it, in turn: the list of guards stays as

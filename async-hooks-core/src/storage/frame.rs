@@ -23,6 +23,21 @@ use std::slice;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering, fence};
 
+/// This thread's count of references added to stores, which only grows (see
+/// [`Recycled::shares`]): a scope reads it when it begins, and what happened on this thread
+/// during the scope has a higher mark.
+#[inline(always)]
+pub(crate) fn share_count() -> u64 {
+    Recycled::shares()
+}
+
+/// Counts a share and returns the new count: a mark that is higher than every
+/// [`share_count`] read before it, and not higher than any read after it.
+pub(crate) fn mark_share() -> u64 {
+    Recycled::count_share();
+    Recycled::shares()
+}
+
 /// A store held by frames: an `Arc<T>` kept as a thin pointer to the `T` itself, so that a read
 /// reaches the value in one load (an `Arc<dyn Any>` first needs the alignment from its vtable to
 /// find the value behind the counts, one more dependent load on every `get_store`).
@@ -1179,14 +1194,15 @@ impl FrameCell {
     /// on this stack with no allocation when it needs at most [`STACK_ENTRIES`] entries, else a
     /// heap frame. Afterwards (also on panic) the previous frame is put back as it was; if the
     /// code inside replaced this frame with another one (what `enter_with` and `disable` do),
-    /// the frame put back is `restore(that frame, previous)`.
+    /// the frame put back is `restore(that frame, previous, shares)`, `shares` being
+    /// [`share_count`] when the scope began.
     #[inline]
     pub(crate) fn run_with_entry<T: Send + Sync + 'static, R>(
         &self,
         key: u64,
         value: Option<FreshValue<T>>,
         f: impl FnOnce() -> R,
-        restore: impl FnOnce(&Frame, FrameRef<'_>) -> Frame,
+        restore: impl FnOnce(&Frame, FrameRef<'_>, u64) -> Frame,
     ) -> R {
         // Read before the frame is built, so that the count covers every share from here to
         // the scope's end (building a heap frame instead clones the base's entries).
@@ -1221,7 +1237,7 @@ impl FrameCell {
 
 /// Puts the previous frame back when a [`FrameCell::run_with_entry`] scope ends, then drops the
 /// stack frame.
-struct Leave<'a, T: Send + Sync + 'static, Restore: FnOnce(&Frame, FrameRef<'_>) -> Frame> {
+struct Leave<'a, T: Send + Sync + 'static, Restore: FnOnce(&Frame, FrameRef<'_>, u64) -> Frame> {
     cell: &'a FrameCell,
     frame: *mut StackFrame,
     /// The cell's pointer before the scope, put back as it was (with the ownership it had).
@@ -1240,7 +1256,7 @@ struct Leave<'a, T: Send + Sync + 'static, Restore: FnOnce(&Frame, FrameRef<'_>)
     _store: PhantomData<fn() -> T>,
 }
 
-impl<T: Send + Sync + 'static, Restore: FnOnce(&Frame, FrameRef<'_>) -> Frame>
+impl<T: Send + Sync + 'static, Restore: FnOnce(&Frame, FrameRef<'_>, u64) -> Frame>
     Leave<'_, T, Restore>
 {
     /// The end of a scope whose stack frame is no longer in the cell as itself: a capture left
@@ -1316,7 +1332,7 @@ impl<T: Send + Sync + 'static, Restore: FnOnce(&Frame, FrameRef<'_>) -> Frame>
             // outer stack frame.
             let previous_frame = unsafe { FrameCell::view(previous) };
             let restore = restore.expect("a scope is left once");
-            cell.set(restore(&current, previous_frame));
+            cell.set(restore(&current, previous_frame, shares));
             if !previous.is_null() && previous.addr() & TAGS == 0 {
                 // The cell's reference to the previous frame passed to this scope; nothing
                 // holds it any more.
@@ -1330,7 +1346,7 @@ impl<T: Send + Sync + 'static, Restore: FnOnce(&Frame, FrameRef<'_>) -> Frame>
     }
 }
 
-impl<'a, T: Send + Sync + 'static, Restore: FnOnce(&Frame, FrameRef<'_>) -> Frame>
+impl<'a, T: Send + Sync + 'static, Restore: FnOnce(&Frame, FrameRef<'_>, u64) -> Frame>
     Leave<'a, T, Restore>
 {
     /// Ends the scope: the normal way out of [`FrameCell::run_with_entry`]. The guard's drop
@@ -1393,7 +1409,7 @@ impl<'a, T: Send + Sync + 'static, Restore: FnOnce(&Frame, FrameRef<'_>) -> Fram
     }
 }
 
-impl<T: Send + Sync + 'static, Restore: FnOnce(&Frame, FrameRef<'_>) -> Frame> Drop
+impl<T: Send + Sync + 'static, Restore: FnOnce(&Frame, FrameRef<'_>, u64) -> Frame> Drop
     for Leave<'_, T, Restore>
 {
     /// Reached only while unwinding: the scope ends with [`Leave::end`]. (Dropping the guard
@@ -1934,8 +1950,8 @@ mod tests {
     }
 
     /// What `run` does when the code inside changed the context: put back only `key`'s entry.
-    fn restore_key(key: u64) -> impl FnOnce(&Frame, FrameRef<'_>) -> Frame {
-        move |current, previous| current.with(key, previous.lookup(key).map(|e| e.value.clone()))
+    fn restore_key(key: u64) -> impl FnOnce(&Frame, FrameRef<'_>, u64) -> Frame {
+        move |current, previous, _| current.with(key, previous.lookup(key).map(|e| e.value.clone()))
     }
 
     fn stacked<T: Send + Sync + 'static, R>(
