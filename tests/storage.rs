@@ -565,6 +565,73 @@ fn a_guard_returned_out_of_run_exit_or_snapshot_run_changes_nothing_when_dropped
 }
 
 #[test]
+fn guards_kept_across_polls_of_one_future_nest_out_of_order_too() {
+    let store = AsyncLocalStorage::<u32>::new();
+    let seen = std::sync::Mutex::new(Vec::new());
+    let record = || seen.lock().unwrap().push(store.get_store().map(|s| *s));
+    let mut polls = 0;
+    let mut held = (None, None);
+    let future = std::future::poll_fn(|_| {
+        polls += 1;
+        match polls {
+            1 => held.0 = Some(store.enter_scope(1)),
+            2 => held.1 = Some(store.enter_scope(2)),
+            3 => held.0 = None, // the older one first
+            _ => {
+                record();
+                held.1 = None;
+                record();
+                return Poll::Ready(());
+            }
+        }
+        record();
+        Poll::Pending
+    })
+    .bind_context();
+    let mut future = Box::pin(future);
+    let waker = futures::task::noop_waker();
+    let mut cx = std::task::Context::from_waker(&waker);
+    while future.as_mut().poll(&mut cx).is_pending() {
+        // Between polls, outside the future's execution: never any of its guards' stores.
+        assert_eq!(store.get_store(), None);
+    }
+    drop(future);
+    assert_eq!(
+        *seen.lock().unwrap(),
+        [Some(1), Some(2), Some(2), Some(2), None]
+    );
+}
+
+#[test]
+fn a_guard_made_in_one_poll_of_a_scope_future_ends_with_that_poll() {
+    let store = AsyncLocalStorage::<u32>::new();
+    let mut polls = 0;
+    let mut guard = None;
+    let inner = std::future::poll_fn(|_| {
+        polls += 1;
+        if polls == 1 {
+            guard = Some(store.enter_scope(2));
+            assert_eq!(store.get_store().as_deref(), Some(&2));
+            return Poll::Pending;
+        }
+        // The scope put its store back at the end of the first poll, ending the guard.
+        let before = store.get_store().map(|s| *s);
+        guard = None;
+        Poll::Ready((before, store.get_store().map(|s| *s)))
+    });
+    let mut future = Box::pin(store.scope(5, inner));
+    let waker = futures::task::noop_waker();
+    let mut cx = std::task::Context::from_waker(&waker);
+    assert!(future.as_mut().poll(&mut cx).is_pending());
+    assert_eq!(store.get_store(), None);
+    assert_eq!(
+        future.as_mut().poll(&mut cx),
+        Poll::Ready((Some(5), Some(5)))
+    );
+    assert_eq!(store.get_store(), None);
+}
+
+#[test]
 fn a_guard_kept_in_a_scope_future_dropped_outside_changes_nothing() {
     let store = AsyncLocalStorage::<u32>::new();
     let mut future = Box::pin(store.scope(1, async {
