@@ -213,6 +213,15 @@ fn shape_get_store_in_run(rounds: u64) {
     })
 }
 
+/// A guard's scope: `enter_scope` and the guard's drop (the store's `Arc`, a heap frame, and
+/// the thread's list of live guards).
+#[inline(never)]
+fn shape_enter_scope(rounds: u64) {
+    for i in 0..rounds {
+        drop(black_box(STORE.enter_scope(black_box(i))));
+    }
+}
+
 #[inline(never)]
 fn shape_tokio_with_in_sync_scope(rounds: u64) {
     TASK_LOCAL.sync_scope(1, || {
@@ -345,6 +354,7 @@ fn main() {
         shape_run_4_calling_last,
         shape_run_16_calling,
         shape_tokio_sync_scope_calling,
+        shape_enter_scope,
     ]);
     // tracing's peers, under a registry subscriber made once: the shapes then count only what
     // each span costs, not the subscriber's construction.

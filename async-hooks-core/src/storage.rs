@@ -694,6 +694,11 @@ struct LiveGuards {
     slots: Vec<ListedGuard>,
     /// Free slots.
     free: Vec<usize>,
+    /// How many slots are [`ListedState::Handed`] or [`ListedState::Stale`], and how many of
+    /// those are stale: while both are 0 (guards dropped in order), a drop looks at no other
+    /// slot.
+    handed: usize,
+    stale: usize,
 }
 
 /// A guard's slot in [`LiveGuards`].
@@ -723,13 +728,14 @@ enum ListedState {
 
 thread_local! {
     static LIVE_GUARDS: RefCell<LiveGuards> = const {
-        RefCell::new(LiveGuards { slots: Vec::new(), free: Vec::new() })
+        RefCell::new(LiveGuards { slots: Vec::new(), free: Vec::new(), handed: 0, stale: 0 })
     };
 }
 
 impl LiveGuards {
     /// Lists a new guard; returns its slot ([`UNLISTED`] while the thread's locals are being
     /// destroyed).
+    #[inline]
     fn register(storage: usize, key: u64, execution: AsyncId, created: u64) -> usize {
         LIVE_GUARDS
             .try_with(|live| {
@@ -766,6 +772,7 @@ impl LiveGuards {
             let Ok(mut live) = live.try_borrow_mut() else {
                 return;
             };
+            let mut stale = 0;
             for guard in &mut live.slots {
                 if guard.execution == execution
                     && guard.created > since
@@ -773,11 +780,15 @@ impl LiveGuards {
                 {
                     guard.state = match std::mem::replace(&mut guard.state, ListedState::Free) {
                         ListedState::Live => ListedState::Ended,
-                        ListedState::Handed(previous) => ListedState::Stale(previous),
+                        ListedState::Handed(previous) => {
+                            stale += 1;
+                            ListedState::Stale(previous)
+                        }
                         other => other,
                     };
                 }
             }
+            live.stale += stale;
         });
     }
 
@@ -786,6 +797,7 @@ impl LiveGuards {
     /// order, `entry` puts back what that one would have. What `entry` and the list no longer
     /// need goes to `released`, for the caller to drop once the list is no longer borrowed (a
     /// store's `Drop` may make guards).
+    #[inline]
     fn end(at: usize, entry: &mut KeyEntry, released: &mut Released) -> bool {
         LIVE_GUARDS
             .try_with(|live| live.borrow_mut().end_at(at, entry, released))
@@ -794,15 +806,19 @@ impl LiveGuards {
     }
 
     fn end_at(&mut self, at: usize, entry: &mut KeyEntry, released: &mut Released) -> bool {
-        for stale in 0..self.slots.len() {
-            if let ListedState::Stale(_) = self.slots[stale].state {
-                if let ListedState::Stale(previous) =
-                    std::mem::replace(&mut self.slots[stale].state, ListedState::Free)
-                {
-                    released.previous.push(previous);
+        if self.stale > 0 {
+            for stale in 0..self.slots.len() {
+                if let ListedState::Stale(_) = self.slots[stale].state {
+                    if let ListedState::Stale(previous) =
+                        std::mem::replace(&mut self.slots[stale].state, ListedState::Free)
+                    {
+                        released.previous.push(previous);
+                    }
+                    self.free.push(stale);
                 }
-                self.free.push(stale);
             }
+            self.handed -= self.stale;
+            self.stale = 0;
         }
         if let ListedState::Ended = self.slots[at].state {
             // Its scope ended already, and restored what it would have.
@@ -816,15 +832,22 @@ impl LiveGuards {
                 && guard.execution == execution
                 && !matches!(guard.state, ListedState::Free)
         };
-        let younger_lives = self.slots.iter().any(|guard| {
-            same(guard) && guard.created > created && matches!(guard.state, ListedState::Live)
-        });
+        // With this guard alone in the list, no other is younger.
+        let younger_lives = self.slots.len() - self.free.len() > 1
+            && self.slots.iter().any(|guard| {
+                same(guard) && guard.created > created && matches!(guard.state, ListedState::Live)
+            });
         if younger_lives {
             // Out of order: hand what this guard would put back to the younger one.
             self.slots[at].state = ListedState::Handed(entry.previous.take());
+            self.handed += 1;
             return false;
         }
         self.free_slot(at);
+        if self.handed == 0 {
+            // No guard was dropped out of order: nothing handed on to take over.
+            return true;
+        }
         // The innermost guard of its storage here. Older ones dropped meanwhile handed on what
         // they would have put back, nearest first; the oldest of an unbroken run of them wins.
         // Ended ones are passed over: their scope is gone.
@@ -849,6 +872,7 @@ impl LiveGuards {
                     continue;
                 }
                 ListedState::Handed(previous) if key == entry.key => {
+                    self.handed -= 1;
                     let replaced = std::mem::replace(&mut entry.previous, previous);
                     released.previous.push(replaced);
                     // The frame before this guard holds the older guard's store: not put back.
@@ -857,7 +881,10 @@ impl LiveGuards {
                     }
                 }
                 // Disabled in between: the older guard's entry went with its key.
-                ListedState::Handed(previous) => released.previous.push(previous),
+                ListedState::Handed(previous) => {
+                    self.handed -= 1;
+                    released.previous.push(previous);
+                }
                 ListedState::Stale(_) | ListedState::Free => {
                     unreachable!("stale slots were released above; `same` skips free ones")
                 }
@@ -867,6 +894,7 @@ impl LiveGuards {
         true
     }
 
+    #[inline]
     fn free_slot(&mut self, at: usize) {
         self.slots[at].state = ListedState::Free;
         self.free.push(at);
