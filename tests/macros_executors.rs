@@ -218,3 +218,36 @@ fn futures_executor_block_on_and_local_pool() {
         [Some("x".to_string()), Some("y".to_string())]
     );
 }
+
+#[test]
+fn rayon_spawn_and_par_iter_run_bound_closures_in_the_request() {
+    use rayon::prelude::*;
+
+    let _serial = serial();
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(2)
+        .build()
+        .unwrap();
+    // `par_iter().map(…)` needs a `Fn + Send + Sync` closure: a bound closure is one when the
+    // closure it binds is.
+    let (tagged, id) = REQUEST.run("rayon".to_string(), || {
+        let tag = bind!(|x: u32| (x * 2, request(), execution_async_id()));
+        let results: Vec<_> = pool.install(|| (1..=8).into_par_iter().map(&tag).collect());
+        let id = tag(0).2;
+        (results, id)
+    });
+    assert_ne!(id, AsyncId::ROOT);
+    for (i, (doubled, seen, execution)) in tagged.into_iter().enumerate() {
+        assert_eq!(doubled, (i as u32 + 1) * 2);
+        assert_eq!(seen.as_deref(), Some("rayon"));
+        assert_eq!(execution, id);
+    }
+
+    let (sender, receiver) = std::sync::mpsc::channel();
+    REQUEST.run("spawned".to_string(), || {
+        let sender = sender.clone();
+        pool.spawn(bind!(move || sender.send(request()).unwrap()));
+    });
+    assert_eq!(receiver.recv().unwrap().as_deref(), Some("spawned"));
+    assert_eq!(request(), None);
+}
