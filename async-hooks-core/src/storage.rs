@@ -143,10 +143,8 @@ struct KeyRestore<'s> {
 impl Drop for KeyRestore<'_> {
     fn drop(&mut self) {
         if let Some(entry) = self.entry.take() {
-            if share_count() != self.since {
-                let storage = ptr::from_ref(self.storage_key).addr();
-                LiveGuards::orphan(Some(storage), self.state, self.since);
-            }
+            let storage = ptr::from_ref(self.storage_key).addr();
+            LiveGuards::orphan(Some(storage), self.state, self.since);
             entry.restore(self.state, self.storage_key.load(Ordering::Relaxed));
         }
     }
@@ -766,6 +764,10 @@ impl LiveGuards {
     /// marks them (it runs while the scope puts its frame back): what they hold is released when
     /// they are dropped, or by the next guard's drop.
     fn orphan(storage: Option<usize>, state: &ThreadState, since: u64) {
+        if share_count() == since {
+            // No guard was made since the scope began (making one moves the count).
+            return;
+        }
         let execution = state.execution_async_id();
         let _ = LIVE_GUARDS.try_with(|live| {
             // Not borrowed here unless a guard's own bookkeeping panicked.
@@ -1047,10 +1049,8 @@ struct FrameRestore<'s> {
 impl Drop for FrameRestore<'_> {
     fn drop(&mut self) {
         if let Some(previous) = self.previous.take() {
-            if share_count() != self.since {
-                // Every storage's guard made inside and still alive ends here.
-                LiveGuards::orphan(None, self.state, self.since);
-            }
+            // Every storage's guard made inside and still alive ends here.
+            LiveGuards::orphan(None, self.state, self.since);
             self.state.set_frame(previous);
         }
     }
