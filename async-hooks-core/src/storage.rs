@@ -109,8 +109,8 @@ fn restore_entry(
 
 /// Runs `f` with `key`'s entry set to `value` (`None`: exited), then restores only that entry,
 /// also on panic: `run` and `exit`. The frame is built on this stack when it is small (no
-/// allocation), else on the heap (see [`FrameCell::run_with_entry`]). `storage_key` is the storage's key cell, read at restore time
-/// (see [`restore_entry`]).
+/// allocation), else with its entries in one heap block (see [`FrameCell::run_with_entry`]).
+/// `storage_key` is the storage's key cell, read at restore time (see [`restore_entry`]).
 #[inline]
 fn scoped<T: Send + Sync + 'static, R>(
     state: &ThreadState,
@@ -421,8 +421,10 @@ impl<T: Send + Sync + 'static> AsyncLocalStorage<T> {
     /// the storage there (at most eight kept per thread, freed when the thread exits). Proving
     /// that reference is the only one takes no atomic operation when nothing on this thread
     /// shared any store during the `run` (no `get_store`, no capture), and one otherwise. The
-    /// new context is built on this call's stack while it holds at most four storages, and
-    /// copied to the heap once only if something created inside keeps it.
+    /// new context is built on this call's stack while it holds at most four storages (with
+    /// more, its entries go to one heap allocation, copied without touching any reference
+    /// count), and copied to a shared heap frame once only if something created inside keeps
+    /// it.
     ///
     /// ```
     /// # use async_hooks::AsyncLocalStorage;

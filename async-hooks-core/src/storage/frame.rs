@@ -1191,11 +1191,12 @@ impl FrameCell {
     }
 
     /// Runs `f` in the current frame with `key`'s entry set to `value`: a [`StackFrame`] built
-    /// on this stack with no allocation when it needs at most [`STACK_ENTRIES`] entries, else a
-    /// heap frame. Afterwards (also on panic) the previous frame is put back as it was; if the
-    /// code inside replaced this frame with another one (what `enter_with` and `disable` do),
-    /// the frame put back is `restore(that frame, previous, shares)`, `shares` being
-    /// [`share_count`] when the scope began.
+    /// on this stack with no allocation when it needs at most [`STACK_ENTRIES`] entries, else
+    /// with its entries in a [`Spill`] block (one allocation). Afterwards (also on panic) the
+    /// previous frame is put back as it was; if the code inside replaced this frame with
+    /// another one (what `enter_with` and `disable` do), the frame put back is
+    /// `restore(that frame, previous, shares)`, `shares` being [`share_count`] when the scope
+    /// began.
     #[inline]
     pub(crate) fn run_with_entry<T: Send + Sync + 'static, R>(
         &self,
@@ -1205,7 +1206,7 @@ impl FrameCell {
         restore: impl FnOnce(&Frame, FrameRef<'_>, u64) -> Frame,
     ) -> R {
         // Read before the frame is built, so that the count covers every share from here to
-        // the scope's end (building a heap frame instead clones the base's entries).
+        // the scope's end.
         let shares = Recycled::shares();
         let value = value.map(FreshValue::into_value);
         let previous = self.raw.get();
@@ -1243,7 +1244,7 @@ struct Leave<'a, T: Send + Sync + 'static, Restore: FnOnce(&Frame, FrameRef<'_>,
     /// The cell's pointer before the scope, put back as it was (with the ownership it had).
     previous: *const FrameData,
     /// The reference to the scope's own store, which the stack frame's entry copies (`None`
-    /// for `exit`, or when the frame went to the heap, which then holds it). A local, not a
+    /// for `exit`, or when the frame spilled: its block holds it then). A local, not a
     /// field of the stack frame, so that it stays in registers across the scope's call.
     value: Option<Value>,
     /// Where the scope's store goes in the thread's [`Recycled`] cache (the storage's key).
@@ -1260,7 +1261,7 @@ impl<T: Send + Sync + 'static, Restore: FnOnce(&Frame, FrameRef<'_>, u64) -> Fra
     Leave<'_, T, Restore>
 {
     /// The end of a scope whose stack frame is no longer in the cell as itself: a capture left
-    /// its promoted copy there (or the frame was on the heap from the start), or the code inside
+    /// its promoted copy there, the entries are in a [`Spill`] block, or the code inside
     /// changed the context. Takes the guard's fields by value, so that the guard's address is
     /// never taken and it can live in registers.
     ///
@@ -1290,19 +1291,18 @@ impl<T: Send + Sync + 'static, Restore: FnOnce(&Frame, FrameRef<'_>, u64) -> Fra
         impl<T: Send + Sync + 'static> Drop for Release<T> {
             fn drop(&mut self) {
                 // SAFETY: at the end of `leave_moved` or while unwinding out of it, whose every
-                // panicking step comes after the cell stopped pointing at the stack frame.
+                // panicking step comes after the cell stopped pointing at the stack frame (or its
+                // spill block, freed first: of its entries only the own one holds a reference,
+                // the scope's store, released with the rest).
                 unsafe {
+                    // The scope's store: its own, or the one its spill block held.
+                    let value = self.value.take().or(Spill::release(self.frame));
                     let promoted = (*self.frame).promoted.get();
                     if promoted.is_null() {
-                        release_stack_frame::<T>(
-                            self.frame,
-                            self.value.take(),
-                            self.slot,
-                            self.shares,
-                        )
+                        release_stack_frame::<T>(self.frame, value, self.slot, self.shares)
                     } else {
                         // Already out of line: no second call for the usual case here.
-                        release_heap_copy_then_store(promoted, self.value.take(), self.slot)
+                        release_heap_copy_then_store(promoted, value, self.slot)
                     }
                 }
             }
@@ -1316,11 +1316,13 @@ impl<T: Send + Sync + 'static, Restore: FnOnce(&Frame, FrameRef<'_>, u64) -> Fra
             _store: PhantomData,
         };
         // SAFETY: the stack frame lives until after this guard (see `run_stacked`).
-        let promoted = unsafe { (*frame).promoted.get() };
-        if current == promoted && !promoted.is_null() {
-            // A heap frame from the start, or a capture left the stack frame's promoted copy in
-            // the cell: the cell owns a reference to that copy, released here (the stack frame
-            // releases its own).
+        let (promoted, spilled) = unsafe { ((*frame).promoted.get(), Spill::installed(frame)) };
+        if spilled == Some(current) {
+            // The frame's entries went to a spill block, still in the cell as itself.
+            cell.raw.set(previous);
+        } else if current == promoted && !promoted.is_null() {
+            // A capture left the stack frame's promoted copy in the cell: the cell owns a
+            // reference to that copy, released here (the stack frame releases its own).
             cell.raw.set(previous);
             // SAFETY: an untagged pointer in the cell is the cell's reference.
             drop(unsafe { Frame::from_raw(promoted) });
@@ -1434,7 +1436,8 @@ impl<T: Send + Sync + 'static, Restore: FnOnce(&Frame, FrameRef<'_>, u64) -> Fra
 /// # Safety
 ///
 /// `frame` must be initialised by `StackFrame::init`, no longer pointed at by the cell, and
-/// released once; `value` must be the store `init` handed back for it.
+/// released once; `value` must be the store `init` handed back for it, or the one its spill
+/// block held ([`Spill::release`]).
 #[inline(always)]
 unsafe fn release_stack_frame<T: Send + Sync + 'static>(
     frame: *mut StackFrame,
@@ -1453,9 +1456,10 @@ unsafe fn release_stack_frame<T: Send + Sync + 'static>(
         if Recycled::shares() == shares {
             // SAFETY: the store was fresh when the scope began (`run_with_entry` takes a
             // `FreshValue`) and nothing on this thread has added a reference to any store
-            // since. Only this thread could reach it: through the stack frame, which only
-            // this thread's cell pointed at, and through bitwise copies of its entry in
-            // nested stack frames, which hold no reference and ended before this scope.
+            // since. Only this thread could reach it: through the stack frame (or its spill
+            // block), which only this thread's cell pointed at, and through bitwise copies of
+            // its entry in nested stack frames, which hold no reference and ended before this
+            // scope.
             // And it is a `T`: the `FreshValue<T>` the scope began with.
             unsafe { value.recycle_unshared::<T>(slot) };
         } else {
@@ -1496,8 +1500,8 @@ unsafe fn release_heap_copy_then_store(
     }
 }
 
-/// The inline capacity of a [`StackFrame`]: over a frame that would need more entries, `run`
-/// builds a heap frame instead.
+/// The inline capacity of a [`StackFrame`]: a frame that needs more entries keeps them in a
+/// [`Spill`] block.
 pub(crate) const STACK_ENTRIES: usize = 4;
 
 /// A frame on the stack of a synchronous scope ([`FrameCell::run_with_entry`]).
@@ -1519,12 +1523,90 @@ struct StackFrame {
     _pinned: PhantomPinned,
 }
 
+/// Where a [`StackFrame`] too large for its inline array keeps its entries: a heap block of
+/// the owner pointer (to the stack frame's `promoted`, for [`StackFrame::promote`]), then a
+/// header and the entries as in a frame. The stack frame marks its own header's length with
+/// [`Spill::MARK`] and keeps this in its inline array; the block is freed when the scope ends.
+/// Its entries are bitwise copies of the previous frame's, which outlives it, except the
+/// scope's own entry, which holds the scope's store.
+#[derive(Clone, Copy)]
+struct Spill {
+    block: *mut u8,
+    /// The number of entries.
+    len: usize,
+    /// The position of the scope's own entry, the one entry the block owns.
+    own: usize,
+}
+
+const _: () = assert!(size_of::<Spill>() <= size_of::<[MaybeUninit<Entry>; STACK_ENTRIES]>());
+const _: () = assert!(align_of::<Spill>() <= align_of::<Entry>());
+
+impl Spill {
+    /// The bytes before the header: the owner pointer.
+    const HEADER: usize = size_of::<*const Cell<*const FrameData>>();
+    /// The length a stack frame with a spill block has in its own header (a real one is at most
+    /// [`STACK_ENTRIES`]).
+    const MARK: usize = usize::MAX;
+
+    fn layout(len: usize) -> Layout {
+        let (layout, offset) = Layout::new::<*const Cell<*const FrameData>>()
+            .extend(frame_layout(len))
+            .expect("a frame's size overflows");
+        debug_assert_eq!(offset, Spill::HEADER);
+        layout.pad_to_align()
+    }
+
+    /// The cell pointer of `frame`'s spill block, if it has one.
+    ///
+    /// # Safety
+    ///
+    /// `frame` must be initialised by [`StackFrame::init`] and not yet released.
+    #[inline]
+    unsafe fn installed(frame: *const StackFrame) -> Option<*const FrameData> {
+        // SAFETY: per the caller, the header's length is written, and with the mark the inline
+        // array holds a `Spill`.
+        unsafe {
+            ((*frame).header.len == Spill::MARK).then(|| {
+                let spill = (&raw const (*frame).inline).cast::<Spill>().read();
+                spill
+                    .block
+                    .add(Spill::HEADER)
+                    .cast_const()
+                    .cast::<FrameData>()
+                    .map_addr(|addr| addr | STACK)
+            })
+        }
+    }
+
+    /// Frees `frame`'s spill block, if it has one, and returns the scope's store that its own
+    /// entry held, for the caller to release as a stack frame's scope does.
+    ///
+    /// # Safety
+    ///
+    /// `frame` must be initialised by [`StackFrame::init`], no longer pointed at by the cell
+    /// (nor its block), and released once.
+    unsafe fn release(frame: *mut StackFrame) -> Option<Value> {
+        // SAFETY: per the caller, as in `installed`; nothing points at the block any more, and
+        // of its entries only the own one holds a reference, taken out here, once.
+        unsafe {
+            if (*frame).header.len != Spill::MARK {
+                return None;
+            }
+            let spill = (&raw const (*frame).inline).cast::<Spill>().read();
+            let entries = spill.block.add(Spill::HEADER + size_of::<FrameData>());
+            let own = entries.cast::<Entry>().add(spill.own).read();
+            dealloc(spill.block, Spill::layout(spill.len));
+            own.value
+        }
+    }
+}
+
 impl StackFrame {
     /// Builds, in place at `frame`, the frame over `base` with `key` set to `value`: on the stack
-    /// when it needs at most [`STACK_ENTRIES`] entries, else as a heap frame from the start.
-    /// Returns the pointer to put in the cell (the tagged stack frame, or a new reference to the
-    /// heap frame) and the reference to `value` that the scope keeps while the stack frame's
-    /// entry copies it (`None` when the heap frame took it).
+    /// when it needs at most [`STACK_ENTRIES`] entries, else in a [`Spill`] block.
+    /// Returns the pointer to put in the cell (the stack frame or its block, tagged [`STACK`])
+    /// and the reference to `value` that the scope keeps while the stack frame's entry copies
+    /// it (`None` when the spill block took it).
     ///
     /// # Safety
     ///
@@ -1558,7 +1640,7 @@ impl StackFrame {
             // At least as many entries with this one's set: too many for the stack.
             // SAFETY: the caller's promises, passed on.
             return (
-                unsafe { StackFrame::init_on_heap(frame, FrameCell::view(base), key, value) },
+                unsafe { StackFrame::init_spilled(frame, entries, key, value) },
                 None,
             );
         }
@@ -1595,10 +1677,7 @@ impl StackFrame {
                 rest = tail;
             }
             if len + 1 + rest.len() > STACK_ENTRIES {
-                return (
-                    StackFrame::init_on_heap(frame, FrameCell::view(base), key, value),
-                    None,
-                );
+                return (StackFrame::init_spilled(frame, entries, key, value), None);
             }
             slots.add(len).write(Entry {
                 key,
@@ -1642,39 +1721,61 @@ impl StackFrame {
             .map_addr(|addr| addr | STACK)
     }
 
-    /// [`StackFrame::init`] for a frame too large for the stack: it is its own promoted copy
-    /// from the start, and the cell gets a reference to that.
+    /// [`StackFrame::init`] for a frame too large for the stack: its entries go to a [`Spill`]
+    /// block on the heap, and the stack frame keeps the block. The base's entries are bitwise
+    /// copies, as on the stack (no reference counted, however many there are); the own entry
+    /// takes `value` over, so that `run` keeps no store across this call (when it kept one, the
+    /// store went to memory on every `run`: 1 to 3 instructions more a `run` in
+    /// `benches/instructions.rs`). Returns the cell pointer
+    /// for the block, tagged [`STACK`] like a stack frame's.
     ///
     /// # Safety
     ///
-    /// As for [`StackFrame::init`].
+    /// As for [`StackFrame::init`]; `base` must be the entries of `init`'s `base`.
     #[cold]
     #[inline(never)]
-    unsafe fn init_on_heap(
+    unsafe fn init_spilled(
         frame: *mut StackFrame,
-        base: FrameRef<'_>,
+        base: &[Entry],
         key: u64,
         value: Option<Value>,
     ) -> *const FrameData {
-        let heap = base
-            .with(key, Some(value))
-            .expect("setting an entry changes the frame")
-            .into_raw();
-        // SAFETY: `frame` is valid for writes; the stack frame owns one reference to `heap`, the
-        // cell gets another.
-        unsafe {
-            frame.write(StackFrame {
-                header: FrameData {
-                    refs: AtomicUsize::new(0),
-                    len: 0,
-                },
-                inline: [const { MaybeUninit::uninit() }; STACK_ENTRIES],
-                promoted: Cell::new(heap),
-                _pinned: PhantomPinned,
-            });
-            Frame::retain(heap);
+        let at = base.partition_point(|entry| entry.key < key);
+        let replaced = base.get(at).is_some_and(|entry| entry.key == key);
+        let after = &base[at + usize::from(replaced)..];
+        let len = at + 1 + after.len();
+        let layout = Spill::layout(len);
+        // SAFETY: the layout has a non-zero size (the owner pointer and the header).
+        let block = unsafe { alloc(layout) };
+        if block.is_null() {
+            handle_alloc_error(layout);
         }
-        heap
+        // SAFETY: `block` is a fresh allocation of `Spill::layout(len)`: the owner pointer, then
+        // the header, then `len` entries, each written once here. The base's entries are
+        // bitwise copies, never dropped: they borrow `base`'s references, whose frame outlives
+        // the scope (per the caller); the own entry owns `value`'s reference, released by
+        // `Spill::release`. `frame` is valid for writes (per the caller); its `promoted` is
+        // written before the block points at it, and the block goes in its unused inline array.
+        unsafe {
+            let data = block.add(Spill::HEADER).cast::<FrameData>();
+            let slots = data.add(1).cast::<Entry>();
+            ptr::copy_nonoverlapping(base.as_ptr(), slots, at);
+            slots.add(at).write(Entry { key, value });
+            ptr::copy_nonoverlapping(after.as_ptr(), slots.add(at + 1), after.len());
+            // Only the length, as in a stack frame: the count is never read.
+            (&raw mut (*data).len).write(len);
+            (&raw mut (*frame).promoted).write(Cell::new(ptr::null()));
+            block
+                .cast::<*const Cell<*const FrameData>>()
+                .write(&raw const (*frame).promoted);
+            (&raw mut (*frame).header.len).write(Spill::MARK);
+            (&raw mut (*frame).inline).cast::<Spill>().write(Spill {
+                block,
+                len,
+                own: at,
+            });
+            data.cast_const().map_addr(|addr| addr | STACK)
+        }
     }
 
     /// A heap frame with the same entries, made on the first call and shared afterwards.
@@ -1685,14 +1786,24 @@ impl StackFrame {
     #[cold]
     #[inline(never)]
     unsafe fn promote(data: *const FrameData) -> Frame {
-        // SAFETY: per the caller; `data` was derived from a pointer to the whole stack frame.
-        let frame = unsafe { &*data.cast::<StackFrame>() };
-        let mut heap = frame.promoted.get();
+        // SAFETY: per the caller, `data` is a live stack frame or spill block, derived from a
+        // pointer to all of it; a stack frame has at most `STACK_ENTRIES` entries, a spill block
+        // more, and its owner pointer (to its live stack frame's `promoted`) before the header.
+        let promoted = unsafe {
+            if (*data).len > STACK_ENTRIES {
+                &**data
+                    .byte_sub(Spill::HEADER)
+                    .cast::<*const Cell<*const FrameData>>()
+            } else {
+                &(*data.cast::<StackFrame>()).promoted
+            }
+        };
+        let mut heap = promoted.get();
         if heap.is_null() {
-            // SAFETY: `data` is the live stack frame, with the provenance of all of it.
+            // SAFETY: `data` is the live frame, with the provenance of all of it.
             let entries = unsafe { entries_of(data) };
             heap = Frame::from_entries(entries.len(), entries.iter().cloned()).into_raw();
-            frame.promoted.set(heap);
+            promoted.set(heap);
         }
         // SAFETY: the stack frame holds a reference to `heap` while it lives; the new one is
         // the result's.
@@ -2191,10 +2302,7 @@ mod tests {
 
     #[test]
     fn a_stack_frame_places_its_entry_before_between_after_or_over_the_base_entries() {
-        fn keys(cell: &FrameCell) -> Vec<u64> {
-            // SAFETY: the closure runs no code that touches the cell.
-            unsafe { cell.peek(|frame| frame.entries().iter().map(|e| e.key).collect()) }
-        }
+        let keys = keys_in;
         let drops = Arc::new(AtomicUsize::new(0));
         let cell = FrameCell::new();
         for base in [vec![2u64], vec![2, 6], vec![2, 4, 6], vec![2, 4, 6, 8]] {
@@ -2209,8 +2317,8 @@ mod tests {
                 expected.dedup();
                 let dropped = drops.load(Ordering::SeqCst);
                 stacked(&cell, key, fresh_counted(&drops), || {
-                    let on_stack = cell.raw.get().addr() & TAGS == STACK;
-                    assert_eq!(on_stack, expected.len() <= STACK_ENTRIES, "key {key}");
+                    // On the stack, or spilled past its capacity: a stack frame's pointer.
+                    assert_eq!(cell.raw.get().addr() & TAGS, STACK, "key {key}");
                     assert_eq!(keys(&cell), expected, "key {key} over {base:?}");
                     for &other in base.iter().filter(|&&k| k != key) {
                         assert_eq!(current(&cell, other), Some(other * 10));
@@ -2230,7 +2338,7 @@ mod tests {
     }
 
     #[test]
-    fn frames_past_the_stack_capacity_go_on_the_heap() {
+    fn frames_past_the_stack_capacity_spill_to_the_heap() {
         let drops = Arc::new(AtomicUsize::new(0));
         let cell = FrameCell::new();
         cell.set((1..=STACK_ENTRIES as u64).fold(Frame::EMPTY, |f, key| f.with(key, value(key))));
@@ -2241,7 +2349,8 @@ mod tests {
         });
         let before = cell.raw.get();
         stacked(&cell, 99, fresh_counted(&drops), || {
-            assert_eq!(cell.raw.get().addr() & TAGS, 0);
+            // Spilled: still a stack frame's pointer, to its block of entries.
+            assert_eq!(cell.raw.get().addr() & TAGS, STACK);
             assert!(present(&cell, 99));
             let captured = cell.get();
             assert_eq!(captured.view().entries().len(), STACK_ENTRIES + 1);
@@ -2254,6 +2363,128 @@ mod tests {
         assert_eq!(drops.load(Ordering::SeqCst), 1);
         stacked(&cell, 98, fresh_counted(&drops), || ());
         assert!(!present(&cell, 98));
+        assert_eq!(drops.load(Ordering::SeqCst), 2);
+        cell.set(Frame::EMPTY);
+    }
+
+    /// A frame of `keys`, each key's value the key itself.
+    fn frame_of(keys: impl IntoIterator<Item = u64>) -> Frame {
+        keys.into_iter()
+            .fold(Frame::EMPTY, |frame, key| frame.with(key, value(key)))
+    }
+
+    fn keys_in(cell: &FrameCell) -> Vec<u64> {
+        // SAFETY: collecting the keys runs no code that touches the cell.
+        unsafe { cell.peek(|frame| frame.entries().iter().map(|e| e.key).collect()) }
+    }
+
+    #[test]
+    fn spilled_frames_read_nest_and_put_every_entry_in_its_place() {
+        let drops = Arc::new(AtomicUsize::new(0));
+        let cell = FrameCell::new();
+        // Over a heap frame of 10 entries (even keys): at the front, in between, over one, last.
+        cell.set(frame_of((1..=10).map(|k| k * 2)));
+        let before = cell.raw.get();
+        for (key, expect_len) in [(1, 11), (7, 11), (8, 10), (21, 11)] {
+            stacked(&cell, key, fresh(1000 + key), || {
+                assert_eq!(cell.raw.get().addr() & TAGS, STACK);
+                let keys = keys_in(&cell);
+                assert_eq!(keys.len(), expect_len);
+                assert!(keys.is_sorted(), "{keys:?}");
+                assert_eq!(current(&cell, key), Some(1000 + key));
+                for other in (1..=10).map(|k| k * 2).filter(|&k| k != key) {
+                    assert_eq!(current(&cell, other), Some(other));
+                }
+            });
+            assert_eq!(cell.raw.get(), before);
+        }
+        // Nested: a spill over a spill over a stack frame, each put back as it was.
+        cell.set(frame_of(1..=3));
+        stacked(&cell, 4, fresh(4), || {
+            let stack = cell.raw.get();
+            stacked(&cell, 5, fresh_counted(&drops), || {
+                let spill = cell.raw.get();
+                assert_eq!(keys_in(&cell), [1, 2, 3, 4, 5]);
+                stacked(&cell, 3, fresh(33), || {
+                    assert_eq!(keys_in(&cell), [1, 2, 3, 4, 5]);
+                    assert_eq!(current(&cell, 3), Some(33));
+                    assert!(present(&cell, 5));
+                });
+                assert_eq!(cell.raw.get(), spill);
+                assert_eq!(current(&cell, 3), Some(3));
+            });
+            assert_eq!(cell.raw.get(), stack);
+            assert_eq!(drops.load(Ordering::SeqCst), 1);
+        });
+        cell.set(Frame::EMPTY);
+    }
+
+    #[test]
+    fn a_spilled_frame_is_promoted_once_and_what_captured_it_keeps_its_stores() {
+        let drops = Arc::new(AtomicUsize::new(0));
+        let cell = FrameCell::new();
+        cell.set(frame_of(1..=STACK_ENTRIES as u64));
+        let before = cell.raw.get();
+        let (first, second, resource) = stacked(&cell, 9, fresh_counted(&drops), || {
+            let spill = cell.raw.get();
+            // A resource's capture promotes it and leaves the copy in the cell.
+            let resource = cell.capture();
+            assert_eq!(cell.raw.get().addr() & TAGS, 0);
+            let first = cell.get();
+            let second = cell.get();
+            assert!(first.ptr_eq(&second));
+            assert_ne!(first.as_ptr(), untagged(spill));
+            assert_eq!(first.view().entries().len(), STACK_ENTRIES + 1);
+            assert!(first.lookup(9).is_some() && first.lookup(1).is_some());
+            (first, second, resource)
+        });
+        assert_eq!(cell.raw.get(), before);
+        assert!(!present(&cell, 9));
+        drop(first);
+        drop(resource);
+        assert_eq!(drops.load(Ordering::SeqCst), 0);
+        drop(second);
+        assert_eq!(drops.load(Ordering::SeqCst), 1);
+        // Captured inside a nested stack frame: the spill block's own copy, made once.
+        let outer = stacked(&cell, 9, fresh_counted(&drops), || {
+            let inner = stacked(&cell, 2, fresh(22), || cell.get());
+            let outer = cell.get();
+            assert_eq!(read(inner.view(), 2), Some(22));
+            assert_eq!(read(outer.view(), 2), Some(2));
+            assert!(outer.lookup(9).is_some() && inner.lookup(9).is_some());
+            outer
+        });
+        assert_eq!(outer.view().entries().len(), STACK_ENTRIES + 1);
+        drop(outer);
+        assert_eq!(drops.load(Ordering::SeqCst), 2);
+        cell.set(Frame::EMPTY);
+    }
+
+    #[test]
+    fn panic_inside_a_spilled_frame_restores_and_releases() {
+        let drops = Arc::new(AtomicUsize::new(0));
+        let cell = FrameCell::new();
+        cell.set(frame_of(1..=6));
+        let before = cell.raw.get();
+        let caught = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            stacked(&cell, 7, fresh_counted(&drops), || {
+                let _kept = cell.get();
+                panic!("inside a spilled frame");
+            })
+        }));
+        assert!(caught.is_err());
+        assert_eq!(cell.raw.get(), before);
+        assert_eq!(drops.load(Ordering::SeqCst), 1);
+        // And with a change inside: the other storage's entry is kept.
+        let caught = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            stacked(&cell, 7, fresh_counted(&drops), || {
+                let taken = cell.take();
+                cell.set(taken.with(8, value(8)));
+                panic!("inside a spilled frame, changed");
+            })
+        }));
+        assert!(caught.is_err());
+        assert_eq!(keys_in(&cell), [1, 2, 3, 4, 5, 6, 8]);
         assert_eq!(drops.load(Ordering::SeqCst), 2);
         cell.set(Frame::EMPTY);
     }
