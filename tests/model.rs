@@ -100,6 +100,15 @@ fn program() -> impl Strategy<Value = Vec<Step>> {
     prop::collection::vec(step(), 1..20)
 }
 
+/// How many other storages a case runs inside (see [`run_padded`]): none, or enough that a
+/// frame with two of the model's storages set no longer fits on a `run`'s stack and spills to
+/// the heap.
+fn padding() -> impl Strategy<Value = usize> {
+    prop_oneof![Just(0), Just(PADDING)]
+}
+
+const PADDING: usize = 3;
+
 // ---------------------------------------------------------------------------------------------
 // The reference model
 
@@ -596,13 +605,42 @@ struct Stats {
     resources: u64,
 }
 
-fn run_program(steps: &[Step]) {
+/// Runs `f` inside `run`s of `padding` storages that the model does not know of: every frame
+/// then has that many more entries, which nothing in the program touches. Storage 1 is written
+/// first, so that its key sorts before the padding's and the others' after it: the model's
+/// entries go before, between and after the padding's.
+fn run_padded(sh: &Shared, padding: usize, f: impl FnOnce()) {
+    if padding == 0 {
+        return f();
+    }
+    sh.storages[1].exit(|| ());
+    let storages: Vec<AsyncLocalStorage<u32>> =
+        (0..padding).map(|_| AsyncLocalStorage::new()).collect();
+    fn nest(storages: &[AsyncLocalStorage<u32>], i: usize, f: impl FnOnce()) {
+        match storages.get(i) {
+            Some(storage) => storage.run(1000 + i as u32, || nest(storages, i + 1, f)),
+            None => f(),
+        }
+    }
+    let mut ran = false;
+    nest(&storages, 0, || {
+        f();
+        for (i, storage) in storages.iter().enumerate() {
+            assert_eq!(storage.get_store().as_deref(), Some(&(1000 + i as u32)));
+        }
+        ran = true;
+    });
+    assert!(ran);
+    assert!(storages.iter().all(|storage| storage.get_store().is_none()));
+}
+
+fn run_program(steps: &[Step], padding: usize) {
     lock(&LOG).clear();
     OPEN.with(|o| o.borrow_mut().clear());
     let sh = Shared::new();
     let mut frame: MFrame = [None; STORAGES];
     let top = (AsyncId::ROOT, AsyncId::NONE);
-    exec_steps(&sh, steps, &mut frame, top);
+    run_padded(&sh, padding, || exec_steps(&sh, steps, &mut frame, top));
 
     // Tear down: cancel what is left, in creation order.
     let futures: Vec<LiveFuture> = lock(&sh.futures).drain(..).flatten().collect();
@@ -652,8 +690,9 @@ fn random_programs_match_the_reference_model() {
         failure_persistence: None,
         ..ProptestConfig::default()
     };
-    let result = proptest::test_runner::TestRunner::new(config).run(&program(), |steps| {
-        run_program(&steps);
+    let cases = (program(), padding());
+    let result = proptest::test_runner::TestRunner::new(config).run(&cases, |(steps, padding)| {
+        run_program(&steps, padding);
         Ok(())
     });
     hook.disable();

@@ -706,6 +706,72 @@ fn with_store_and_get_store_agree_with_many_storages() {
     assert!(storages.iter().all(|s| s.get_store().is_none()));
 }
 
+/// Past four storages a `run`'s frame no longer fits on its stack and spills to the heap: the
+/// same semantics there, and every store freed when the last frame holding it goes.
+#[test]
+fn runs_over_many_storages_keep_their_semantics_and_free_their_stores() {
+    let live = Arc::new(AtomicUsize::new(0));
+    let storages: Vec<AsyncLocalStorage<Tracked>> =
+        (0..12).map(|_| AsyncLocalStorage::new()).collect();
+    let other = AsyncLocalStorage::<u32>::new();
+    fn nest(
+        storages: &[AsyncLocalStorage<Tracked>],
+        live: &Arc<AtomicUsize>,
+        i: usize,
+        innermost: &mut dyn FnMut(),
+    ) -> Vec<AsyncResource> {
+        let Some(storage) = storages.get(i) else {
+            innermost();
+            return Vec::new();
+        };
+        storage.run(Tracked::new(live, i as u32), || {
+            // A resource at every depth captures the frame of that depth.
+            let here = AsyncResource::new("Depth");
+            // A nested `run` of the outermost storage shadows it and puts it back.
+            storages[0].run(Tracked::new(live, 100 + i as u32), || {
+                assert_eq!(storages[0].get_store().map(|s| s.1), Some(100 + i as u32));
+            });
+            assert_eq!(storages[0].get_store().map(|s| s.1), Some(0), "depth {i}");
+            let mut inner = nest(storages, live, i + 1, innermost);
+            inner.push(here);
+            inner
+        })
+    }
+    let resources = nest(&storages, &live, 0, &mut || {
+        for (i, storage) in storages.iter().enumerate() {
+            assert_eq!(storage.with_store(|s| s.map(|s| s.1)), Some(i as u32));
+        }
+        // Another storage's `enter_with` inside survives the runs around it.
+        other.enter_with(7);
+        // `exit` of one storage inside the deepest frame.
+        storages[5].exit(|| assert!(storages[5].get_store().is_none()));
+        assert_eq!(storages[5].get_store().map(|s| s.1), Some(5));
+    });
+    assert_eq!(other.get_store().as_deref(), Some(&7));
+    assert!(storages.iter().all(|s| s.get_store().is_none()));
+    // Every shadowing store is gone; the twelve stores live on in the resources' frames.
+    assert_eq!(live.load(Ordering::SeqCst), 12);
+    // The resource made at depth d (pushed in reverse) sees the d + 1 outer stores.
+    for (depth, resource) in resources.iter().rev().enumerate() {
+        resource.run_in_async_scope(|| {
+            for (i, storage) in storages.iter().enumerate() {
+                let expected = (i <= depth).then_some(i as u32);
+                assert_eq!(storage.get_store().map(|s| s.1), expected, "depth {depth}");
+            }
+        });
+    }
+    drop(resources);
+    assert_eq!(live.load(Ordering::SeqCst), 0);
+
+    // A panic deep inside puts every frame back and frees every store.
+    let caught = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        nest(&storages, &live, 0, &mut || panic!("deep inside"))
+    }));
+    assert!(caught.is_err());
+    assert!(storages.iter().all(|s| s.get_store().is_none()));
+    assert_eq!(live.load(Ordering::SeqCst), 0);
+}
+
 #[test]
 fn a_storage_dropped_while_values_are_captured_frees_them_later() {
     let live = Arc::new(AtomicUsize::new(0));
