@@ -163,6 +163,19 @@ fn shape_lifecycle_counting_hook(rounds: u64) {
     hook.disable();
 }
 
+/// `AsyncLocalStorage::scope`, the async `run`: the peer of tokio's `scope` with a `u64`.
+#[inline(never)]
+fn shape_lifecycle_storage_scope(rounds: u64) {
+    for i in 0..rounds {
+        black_box(poll_to_ready(STORE.scope(1, plain(black_box(i)))));
+    }
+}
+
+#[inline(never)]
+fn shape_repoll_storage_scope(rounds: u64) {
+    repoll(STORE.scope(7, plain_forever()), rounds)
+}
+
 #[inline(never)]
 fn shape_repoll_tokio_scope(rounds: u64) {
     repoll(TASK_LOCAL.scope(7, plain_forever()), rounds)
@@ -341,6 +354,8 @@ fn main() {
         shape_lifecycle_tokio_scope_arc,
         shape_lifecycle_arc_captured,
         shape_lifecycle_counting_hook,
+        shape_lifecycle_storage_scope,
+        shape_repoll_storage_scope,
         shape_repoll_tokio_scope,
         shape_repoll,
         shape_repoll_counting_hook,

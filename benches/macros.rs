@@ -68,6 +68,10 @@ fn lifecycle(c: &mut Criterion) {
     group.bench_function("#[async_resource], no hook", |b| {
         b.iter(|| poll_to_ready(annotated(1)))
     });
+    // The async `run`, the direct peer of tokio's `scope`.
+    group.bench_function("AsyncLocalStorage::scope(u64)", |b| {
+        b.iter(|| poll_to_ready(STORE.scope(black_box(7), plain(1))))
+    });
     STORE.run(7, || {
         group.bench_function(
             "#[async_resource], no hook, one storage value captured",
@@ -116,6 +120,10 @@ fn repoll(c: &mut Criterion) {
         Box::pin(TASK_LOCAL.scope(7, plain_forever())),
     );
     bench("#[async_resource], no hook", Box::pin(annotated_forever()));
+    bench(
+        "AsyncLocalStorage::scope(u64)",
+        Box::pin(STORE.scope(7, plain_forever())),
+    );
     bench(
         "#[async_resource], no hook, one storage value captured",
         STORE.run(7, || Box::pin(annotated_forever())),

@@ -25,7 +25,7 @@ mod frame;
 
 use frame::FrameRef;
 pub(crate) use frame::{Frame, FrameCell, FrameData, ResourceFrame};
-use frame::{FreshValue, Value, mark_share, share_count};
+use frame::{FreshValue, KeptValue, Value, mark_share, share_count};
 
 /// Storage keys are handed out once and never reused; `disable()` retires a storage's key, so
 /// every frame holding the old key stops showing it at once.
@@ -48,10 +48,6 @@ impl KeyEntry {
     fn set(state: &ThreadState, key: u64, value: Option<Value>) -> KeyEntry {
         let previous_frame = state.frame.take();
         let installed = previous_frame.with(key, Some(value));
-        KeyEntry::install(state, key, previous_frame, installed)
-    }
-
-    fn install(state: &ThreadState, key: u64, previous_frame: Frame, installed: Frame) -> KeyEntry {
         let previous = previous_frame.lookup(key).map(|e| e.value.clone());
         state.frame.set(installed.clone());
         KeyEntry {
@@ -61,15 +57,10 @@ impl KeyEntry {
         }
     }
 
-    /// Puts back the storage's previous entry. `current_key` is the storage's key now (see
-    /// [`restore_entry`]).
-    fn restore(mut self, state: &ThreadState, current_key: u64) {
-        self.restore_in_place(state, current_key);
-    }
-
-    /// [`KeyEntry::restore`] without moving the entry (a guard's drop: moving it out of the
-    /// guard cost a store-forwarding stall, its fields read back in 16-byte loads). What is
-    /// left in it is released with it, after the frame is put back.
+    /// Puts back the storage's previous entry, in place (a guard's drop: moving the entry out of
+    /// the guard cost a store-forwarding stall, its fields read back in 16-byte loads).
+    /// `current_key` is the storage's key now (see [`restore_entry`]). What is left in the entry
+    /// is released with it, after the frame is put back.
     fn restore_in_place(&mut self, state: &ThreadState, current_key: u64) {
         let current = state.frame.take();
         let restored = match &mut self.frames {
@@ -119,7 +110,19 @@ fn scoped<T: Send + Sync + 'static, R>(
     value: Option<FreshValue<T>>,
     f: impl FnOnce() -> R,
 ) -> R {
-    let restore = |current: &Frame, previous: FrameRef<'_>, since: u64| {
+    state
+        .frame
+        .run_with_entry(key, value, f, restore_own_entry(storage_key, key))
+}
+
+/// The frame a scope of `key`'s storage puts back when the code inside changed the context:
+/// the changed frame with only this storage's entry restored (see [`restore_entry`]).
+#[inline(always)]
+fn restore_own_entry(
+    storage_key: &AtomicU64,
+    key: u64,
+) -> impl FnOnce(&Frame, FrameRef<'_>, u64) -> Frame + '_ {
+    move |current: &Frame, previous: FrameRef<'_>, since: u64| {
         // A guard of this storage made inside and still alive ends here with the entry it set.
         // The state is looked up again rather than captured: the closure stays two words.
         with_state(|state| {
@@ -127,26 +130,6 @@ fn scoped<T: Send + Sync + 'static, R>(
         });
         let previous = previous.lookup(key).map(|e| e.value.clone());
         restore_entry(current, key, previous, storage_key.load(Ordering::Relaxed))
-    };
-    state.frame.run_with_entry(key, value, f, restore)
-}
-
-struct KeyRestore<'s> {
-    state: &'s ThreadState,
-    /// The storage's key cell, read at restore time (see [`KeyEntry::restore`]).
-    storage_key: &'s AtomicU64,
-    entry: Option<KeyEntry>,
-    /// [`share_count`] when the scope began.
-    since: u64,
-}
-
-impl Drop for KeyRestore<'_> {
-    fn drop(&mut self) {
-        if let Some(entry) = self.entry.take() {
-            let storage = ptr::from_ref(self.storage_key).addr();
-            LiveGuards::orphan(Some(storage), self.state, self.since);
-            entry.restore(self.state, self.storage_key.load(Ordering::Relaxed));
-        }
     }
 }
 
@@ -545,6 +528,11 @@ impl<T: Send + Sync + 'static> AsyncLocalStorage<T> {
 
     /// The async `run`: a future that makes `store` current during every poll of `future`.
     ///
+    /// Cost: each poll is a `run` of the store, its frame built on the poll's stack (no
+    /// allocation, no reference count); the store goes into an `Arc`, whose allocation is
+    /// reused as `run`'s is: the thread that drops the future keeps it for its next `scope` or
+    /// `run` of the storage.
+    ///
     /// ```
     /// # use async_hooks::AsyncLocalStorage;
     /// static STORE: AsyncLocalStorage<u32> = AsyncLocalStorage::new();
@@ -554,8 +542,7 @@ impl<T: Send + Sync + 'static> AsyncLocalStorage<T> {
     pub fn scope<F: Future>(&self, store: T, future: F) -> Scope<'_, T, F> {
         Scope {
             storage: self,
-            value: Arc::new(store),
-            cache: None,
+            value: KeptValue::new(store, self.write_key() as usize),
             future,
         }
     }
@@ -930,11 +917,8 @@ pin_project_lite::pin_project! {
     #[must_use = "futures do nothing unless polled"]
     pub struct Scope<'a, T, F> {
         storage: &'a AsyncLocalStorage<T>,
-        value: Arc<T>,
-        // The storage key, the frame of the last poll's caller and the frame derived from them,
-        // so that polls from the same context reuse one frame instead of allocating. The key is
-        // part of it: after `disable()` the storage has a new one.
-        cache: Option<(u64, Frame, Frame)>,
+        // The store, an `Arc<T>`: each poll's frame entry borrows it.
+        value: KeptValue,
         #[pin]
         future: F,
     }
@@ -945,30 +929,19 @@ impl<T: Send + Sync + 'static, F: Future> Future for Scope<'_, T, F> {
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
         let this = self.project();
+        let storage_key = &this.storage.key;
         let key = this.storage.write_key();
+        let future = this.future;
+        // A `run` of the store around the poll, with the frame on this stack: no allocation
+        // and no reference count, whatever the caller's context (the scope's own reference
+        // keeps the store alive meanwhile).
         with_state(|state| {
-            let base = state.frame.take();
-            let installed = match this.cache {
-                Some((cached_key, cached_base, derived))
-                    if *cached_key == key && cached_base.ptr_eq(&base) =>
-                {
-                    derived.clone()
-                }
-                _ => {
-                    let value = Value::new(this.value.clone());
-                    let derived = base.with(key, Some(Some(value)));
-                    *this.cache = Some((key, base.clone(), derived.clone()));
-                    derived
-                }
-            };
-            let since = share_count();
-            let _restore = KeyRestore {
-                state,
-                storage_key: &this.storage.key,
-                entry: Some(KeyEntry::install(state, key, base, installed)),
-                since,
-            };
-            this.future.poll(cx)
+            state.frame.run_with_borrowed_entry::<T, _>(
+                key,
+                this.value.value(),
+                || future.poll(cx),
+                restore_own_entry(storage_key, key),
+            )
         })
     }
 }

@@ -285,6 +285,38 @@ impl<T: Send + Sync + 'static> FreshValue<T> {
     }
 }
 
+/// A store that outlives the scopes that borrow it (a [`Scope`] future's, across its polls),
+/// made in and released to the thread's [`Recycled`] cache at `slot`, as a `run`'s store is:
+/// a `scope` made where an earlier one ended reuses its allocation.
+///
+/// [`Scope`]: crate::storage::Scope
+pub(crate) struct KeptValue {
+    value: ManuallyDrop<Value>,
+    slot: usize,
+}
+
+impl KeptValue {
+    pub(crate) fn new<T: Send + Sync + 'static>(store: T, slot: usize) -> KeptValue {
+        KeptValue {
+            value: ManuallyDrop::new(Value::new_recycled(store, slot).into_value()),
+            slot,
+        }
+    }
+
+    /// The store, for [`FrameCell::run_with_borrowed_entry`].
+    #[inline(always)]
+    pub(crate) fn value(&self) -> &Value {
+        &self.value
+    }
+}
+
+impl Drop for KeptValue {
+    fn drop(&mut self) {
+        // SAFETY: taken once, here; never used again.
+        unsafe { ManuallyDrop::take(&mut self.value) }.recycle(self.slot);
+    }
+}
+
 impl Clone for Value {
     fn clone(&self) -> Value {
         Recycled::count_share();
@@ -1205,10 +1237,42 @@ impl FrameCell {
         f: impl FnOnce() -> R,
         restore: impl FnOnce(&Frame, FrameRef<'_>, u64) -> Frame,
     ) -> R {
+        self.run_scope::<T, R, true>(key, value.map(FreshValue::into_value), f, restore)
+    }
+
+    /// [`FrameCell::run_with_entry`] with a store that the caller keeps (a [`Scope`] future's,
+    /// for one poll): the entry borrows `value`, and the scope's end releases nothing, so a poll
+    /// costs no reference count. A capture inside takes references of its own, as always.
+    ///
+    /// [`Scope`]: crate::storage::Scope
+    #[inline]
+    pub(crate) fn run_with_borrowed_entry<T: Send + Sync + 'static, R>(
+        &self,
+        key: u64,
+        value: &Value,
+        f: impl FnOnce() -> R,
+        restore: impl FnOnce(&Frame, FrameRef<'_>, u64) -> Frame,
+    ) -> R {
+        // SAFETY: a bitwise copy, which the scope never releases (`OWNED` is false: its end
+        // forgets it), of a reference the caller keeps for this whole call.
+        let value = unsafe { ptr::read(value) };
+        self.run_scope::<T, R, false>(key, Some(value), f, restore)
+    }
+
+    /// The body of [`FrameCell::run_with_entry`] (`OWNED`: the scope owns `value`, a fresh
+    /// store, and releases it at the end) and [`FrameCell::run_with_borrowed_entry`] (not
+    /// `OWNED`: `value` is a bitwise copy, forgotten at the end).
+    #[inline(always)]
+    fn run_scope<T: Send + Sync + 'static, R, const OWNED: bool>(
+        &self,
+        key: u64,
+        value: Option<Value>,
+        f: impl FnOnce() -> R,
+        restore: impl FnOnce(&Frame, FrameRef<'_>, u64) -> Frame,
+    ) -> R {
         // Read before the frame is built, so that the count covers every share from here to
         // the scope's end.
         let shares = Recycled::shares();
-        let value = value.map(FreshValue::into_value);
         let previous = self.raw.get();
         // Built in place: the frame must not move once the cell points at it, and building it
         // elsewhere and copying it in cost a `memmove` call and a store-forwarding stall.
@@ -1220,7 +1284,7 @@ impl FrameCell {
         // below, a lender or an outer stack frame is higher up the stack.
         let (installed, value) = unsafe { StackFrame::init(frame, previous, key, value) };
         self.raw.set(installed);
-        let leave = Leave {
+        let leave = Leave::<T, _, OWNED> {
             cell: self,
             frame,
             previous,
@@ -1228,7 +1292,7 @@ impl FrameCell {
             slot: key as usize,
             shares,
             restore: Some(restore),
-            _store: PhantomData::<fn() -> T>,
+            _store: PhantomData,
         };
         let result = f();
         leave.end();
@@ -1238,7 +1302,12 @@ impl FrameCell {
 
 /// Puts the previous frame back when a [`FrameCell::run_with_entry`] scope ends, then drops the
 /// stack frame.
-struct Leave<'a, T: Send + Sync + 'static, Restore: FnOnce(&Frame, FrameRef<'_>, u64) -> Frame> {
+struct Leave<
+    'a,
+    T: Send + Sync + 'static,
+    Restore: FnOnce(&Frame, FrameRef<'_>, u64) -> Frame,
+    const OWNED: bool,
+> {
     cell: &'a FrameCell,
     frame: *mut StackFrame,
     /// The cell's pointer before the scope, put back as it was (with the ownership it had).
@@ -1257,8 +1326,11 @@ struct Leave<'a, T: Send + Sync + 'static, Restore: FnOnce(&Frame, FrameRef<'_>,
     _store: PhantomData<fn() -> T>,
 }
 
-impl<T: Send + Sync + 'static, Restore: FnOnce(&Frame, FrameRef<'_>, u64) -> Frame>
-    Leave<'_, T, Restore>
+impl<
+    T: Send + Sync + 'static,
+    Restore: FnOnce(&Frame, FrameRef<'_>, u64) -> Frame,
+    const OWNED: bool,
+> Leave<'_, T, Restore, OWNED>
 {
     /// The end of a scope whose stack frame is no longer in the cell as itself: a capture left
     /// its promoted copy there, the entries are in a [`Spill`] block, or the code inside
@@ -1281,14 +1353,14 @@ impl<T: Send + Sync + 'static, Restore: FnOnce(&Frame, FrameRef<'_>, u64) -> Fra
         slot: usize,
         shares: u64,
     ) {
-        struct Release<T: Send + Sync + 'static> {
+        struct Release<T: Send + Sync + 'static, const OWNED: bool> {
             frame: *mut StackFrame,
             value: Option<Value>,
             slot: usize,
             shares: u64,
             _store: PhantomData<fn() -> T>,
         }
-        impl<T: Send + Sync + 'static> Drop for Release<T> {
+        impl<T: Send + Sync + 'static, const OWNED: bool> Drop for Release<T, OWNED> {
             fn drop(&mut self) {
                 // SAFETY: at the end of `leave_moved` or while unwinding out of it, whose every
                 // panicking step comes after the cell stopped pointing at the stack frame (or its
@@ -1296,7 +1368,7 @@ impl<T: Send + Sync + 'static, Restore: FnOnce(&Frame, FrameRef<'_>, u64) -> Fra
                 // the scope's store, released with the rest).
                 unsafe {
                     // The scope's store: its own, or the one its spill block held.
-                    let value = self.value.take().or(Spill::release(self.frame));
+                    let value = owned::<OWNED>(self.value.take().or(Spill::release(self.frame)));
                     let promoted = (*self.frame).promoted.get();
                     if promoted.is_null() {
                         release_stack_frame::<T>(self.frame, value, self.slot, self.shares)
@@ -1308,7 +1380,7 @@ impl<T: Send + Sync + 'static, Restore: FnOnce(&Frame, FrameRef<'_>, u64) -> Fra
             }
         }
         // Releases the stack frame and the scope's store last, also if a step below panics.
-        let release = Release::<T> {
+        let release = Release::<T, OWNED> {
             frame,
             value,
             slot,
@@ -1348,8 +1420,12 @@ impl<T: Send + Sync + 'static, Restore: FnOnce(&Frame, FrameRef<'_>, u64) -> Fra
     }
 }
 
-impl<'a, T: Send + Sync + 'static, Restore: FnOnce(&Frame, FrameRef<'_>, u64) -> Frame>
-    Leave<'a, T, Restore>
+impl<
+    'a,
+    T: Send + Sync + 'static,
+    Restore: FnOnce(&Frame, FrameRef<'_>, u64) -> Frame,
+    const OWNED: bool,
+> Leave<'a, T, Restore, OWNED>
 {
     /// Ends the scope: the normal way out of [`FrameCell::run_with_entry`]. The guard's drop
     /// only runs while unwinding; it hands the fields by value to one out-of-line call, which
@@ -1389,7 +1465,7 @@ impl<'a, T: Send + Sync + 'static, Restore: FnOnce(&Frame, FrameRef<'_>, u64) ->
             cell.raw.set(previous);
             // SAFETY: the stack frame is no longer pointed at by the cell, and released once,
             // here.
-            unsafe { release_stack_frame::<T>(frame, value, slot, shares) };
+            unsafe { release_stack_frame::<T>(frame, owned::<OWNED>(value), slot, shares) };
         } else {
             Self::leave_moved(cell, frame, previous, restore, current, value, slot, shares);
         }
@@ -1411,8 +1487,11 @@ impl<'a, T: Send + Sync + 'static, Restore: FnOnce(&Frame, FrameRef<'_>, u64) ->
     }
 }
 
-impl<T: Send + Sync + 'static, Restore: FnOnce(&Frame, FrameRef<'_>, u64) -> Frame> Drop
-    for Leave<'_, T, Restore>
+impl<
+    T: Send + Sync + 'static,
+    Restore: FnOnce(&Frame, FrameRef<'_>, u64) -> Frame,
+    const OWNED: bool,
+> Drop for Leave<'_, T, Restore, OWNED>
 {
     /// Reached only while unwinding: the scope ends with [`Leave::end`]. (Dropping the guard
     /// anywhere else would still end the scope, just out of line.)
@@ -1427,6 +1506,18 @@ impl<T: Send + Sync + 'static, Restore: FnOnce(&Frame, FrameRef<'_>, u64) -> Fra
             self.shares,
             self.restore.take(),
         );
+    }
+}
+
+/// The scope's store to release at its end: `value` when the scope owns it; nothing when it
+/// borrowed it ([`FrameCell::run_with_borrowed_entry`]), whose bitwise copy is forgotten.
+#[inline(always)]
+fn owned<const OWNED: bool>(value: Option<Value>) -> Option<Value> {
+    if OWNED {
+        value
+    } else {
+        std::mem::forget(value);
+        None
     }
 }
 
@@ -2487,6 +2578,48 @@ mod tests {
         assert_eq!(keys_in(&cell), [1, 2, 3, 4, 5, 6, 8]);
         assert_eq!(drops.load(Ordering::SeqCst), 2);
         cell.set(Frame::EMPTY);
+    }
+
+    #[test]
+    fn a_borrowed_entry_costs_its_owner_no_reference_and_captures_take_their_own() {
+        let drops = Arc::new(AtomicUsize::new(0));
+        let store = Arc::new(Counted(drops.clone()));
+        let kept = Value::new(store.clone());
+        let borrowed = |cell: &FrameCell, key: u64, f: &mut dyn FnMut()| {
+            cell.run_with_borrowed_entry::<Counted, _>(key, &kept, f, restore_key(key))
+        };
+        let cell = FrameCell::new();
+        // On the stack, spilled, and both with a capture inside and a panic.
+        for base in [frame_of([]), frame_of(1..=6)] {
+            cell.set(base);
+            let before = cell.raw.get();
+            borrowed(&cell, 9, &mut || {
+                assert!(present(&cell, 9));
+                assert_eq!(Arc::strong_count(&store), 2, "the entry holds no reference");
+            });
+            assert_eq!(cell.raw.get(), before);
+            let mut captured = None;
+            borrowed(&cell, 9, &mut || captured = Some(cell.get()));
+            let captured = captured.unwrap();
+            assert_eq!(Arc::strong_count(&store), 3, "the capture holds one");
+            assert!(captured.lookup(9).is_some());
+            drop(captured);
+            let caught = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                borrowed(&cell, 9, &mut || {
+                    let taken = cell.take();
+                    cell.set(taken.with(8, value(8)));
+                    panic!("inside a borrowed scope");
+                })
+            }));
+            assert!(caught.is_err());
+            assert!(!present(&cell, 9) && present(&cell, 8));
+            assert_eq!(Arc::strong_count(&store), 2);
+        }
+        cell.set(Frame::EMPTY);
+        drop(kept);
+        assert_eq!(Arc::strong_count(&store), 1);
+        drop(store);
+        assert_eq!(drops.load(Ordering::SeqCst), 1);
     }
 
     #[test]
