@@ -647,10 +647,51 @@ fn a_guard_kept_in_a_scope_future_dropped_outside_changes_nothing() {
             .is_pending()
     );
     assert_eq!(store.get_store(), None);
-    // Dropping the future drops the guard here, outside every poll: the scope's store (the
-    // guard's previous one) must not become current.
+    // Dropping the future drops the guard after the poll it was made in has ended (inside the
+    // scope's own drop, which makes the store current again for the inner future's
+    // destructors): the scope's store (the guard's previous one) must not stay current.
     drop(future);
     assert_eq!(store.get_store(), None);
+}
+
+/// As tokio's `scope` does, the inner future is dropped with the store current: a destructor of
+/// a value held across an `.await` sees it, on whatever thread drops the future.
+#[test]
+fn a_scope_future_drops_its_inner_future_inside_the_scope() {
+    static STORE: AsyncLocalStorage<u32> = AsyncLocalStorage::new();
+    struct SeesStore(Arc<std::sync::Mutex<Vec<Option<u32>>>>);
+    impl Drop for SeesStore {
+        fn drop(&mut self) {
+            self.0.lock().unwrap().push(STORE.get_store().map(|s| *s));
+        }
+    }
+    let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let waker = futures::task::noop_waker();
+    let pending = |value: u32| {
+        let held = SeesStore(seen.clone());
+        let mut future = Box::pin(STORE.scope(value, async move {
+            let _held = held;
+            std::future::pending::<()>().await;
+        }));
+        let mut cx = std::task::Context::from_waker(&waker);
+        assert!(future.as_mut().poll(&mut cx).is_pending());
+        future
+    };
+    // Dropped pending here, inside another run of the storage, and never polled.
+    drop(pending(1));
+    STORE.run(9, || drop(pending(2)));
+    drop(STORE.scope(3, std::future::ready(SeesStore(seen.clone()))));
+    // Dropped on another thread.
+    let future = pending(4);
+    std::thread::spawn(move || drop(future)).join().unwrap();
+    // Completed: the output is the caller's, dropped outside.
+    let output = futures::executor::block_on(STORE.scope(5, async { SeesStore(seen.clone()) }));
+    drop(output);
+    assert_eq!(
+        *seen.lock().unwrap(),
+        [Some(1), Some(2), Some(3), Some(4), None]
+    );
+    assert_eq!(STORE.get_store(), None);
 }
 
 #[test]

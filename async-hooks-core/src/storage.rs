@@ -213,6 +213,36 @@ pub struct AsyncLocalStorage<T> {
     default_value: OnceLock<Arc<T>>,
 }
 
+// The key needs no bound on `T`: a `Scope` future's drop, which cannot add bounds, uses it.
+impl<T> AsyncLocalStorage<T> {
+    /// The key for reads: 0 means "no entry anywhere".
+    #[inline]
+    fn read_key(&self) -> u64 {
+        self.key.load(Ordering::Relaxed)
+    }
+
+    /// The key for writes, assigned on first use.
+    #[inline]
+    fn write_key(&self) -> u64 {
+        match self.key.load(Ordering::Relaxed) {
+            0 => self.assign_key(),
+            key => key,
+        }
+    }
+
+    #[cold]
+    fn assign_key(&self) -> u64 {
+        let fresh = NEXT_KEY.fetch_add(1, Ordering::Relaxed);
+        match self
+            .key
+            .compare_exchange(0, fresh, Ordering::Relaxed, Ordering::Relaxed)
+        {
+            Ok(_) => fresh,
+            Err(existing) => existing,
+        }
+    }
+}
+
 impl<T: Send + Sync + 'static> AsyncLocalStorage<T> {
     /// A new storage with no default and no name.
     ///
@@ -266,33 +296,6 @@ impl<T: Send + Sync + 'static> AsyncLocalStorage<T> {
     /// ```
     pub fn name(&self) -> Option<&'static str> {
         self.name
-    }
-
-    /// The key for reads: 0 means "no entry anywhere".
-    #[inline]
-    fn read_key(&self) -> u64 {
-        self.key.load(Ordering::Relaxed)
-    }
-
-    /// The key for writes, assigned on first use.
-    #[inline]
-    fn write_key(&self) -> u64 {
-        match self.key.load(Ordering::Relaxed) {
-            0 => self.assign_key(),
-            key => key,
-        }
-    }
-
-    #[cold]
-    fn assign_key(&self) -> u64 {
-        let fresh = NEXT_KEY.fetch_add(1, Ordering::Relaxed);
-        match self
-            .key
-            .compare_exchange(0, fresh, Ordering::Relaxed, Ordering::Relaxed)
-        {
-            Ok(_) => fresh,
-            Err(existing) => existing,
-        }
     }
 
     fn default_value(&self) -> Option<&Arc<T>> {
@@ -526,7 +529,9 @@ impl<T: Send + Sync + 'static> AsyncLocalStorage<T> {
         }
     }
 
-    /// The async `run`: a future that makes `store` current during every poll of `future`.
+    /// The async `run`: a future that makes `store` current during every poll of `future`, and
+    /// while `future` is dropped (as tokio's `scope` does: destructors of values held across an
+    /// `.await` see the store).
     ///
     /// Cost: each poll is a `run` of the store, its frame built on the poll's stack (no
     /// allocation, no reference count); the store goes into an `Arc`, whose allocation is
@@ -543,7 +548,7 @@ impl<T: Send + Sync + 'static> AsyncLocalStorage<T> {
         Scope {
             storage: self,
             value: KeptValue::new(store, self.write_key() as usize),
-            future,
+            future: Some(future),
         }
     }
 
@@ -919,8 +924,30 @@ pin_project_lite::pin_project! {
         storage: &'a AsyncLocalStorage<T>,
         // The store, an `Arc<T>`: each poll's frame entry borrows it.
         value: KeptValue,
+        // `None` once dropped, inside the scope: in the poll that returns `Ready`, or by the
+        // drop below.
         #[pin]
-        future: F,
+        future: Option<F>,
+    }
+
+    impl<T, F> PinnedDrop for Scope<'_, T, F> {
+        fn drop(this: Pin<&mut Self>) {
+            // The inner future is dropped with the store current, as tokio's `scope` does: its
+            // destructors (a guard held across an `.await`, say) see the store they ran with.
+            let mut this = this.project();
+            if this.future.is_some() {
+                let storage_key = &this.storage.key;
+                let key = this.storage.write_key();
+                with_state(|state| {
+                    state.frame.run_with_borrowed_entry(
+                        key,
+                        this.value.value(),
+                        || this.future.set(None),
+                        restore_own_entry(storage_key, key),
+                    )
+                });
+            }
+        }
     }
 }
 
@@ -931,15 +958,26 @@ impl<T: Send + Sync + 'static, F: Future> Future for Scope<'_, T, F> {
         let this = self.project();
         let storage_key = &this.storage.key;
         let key = this.storage.write_key();
-        let future = this.future;
+        let mut future = this.future;
         // A `run` of the store around the poll, with the frame on this stack: no allocation
         // and no reference count, whatever the caller's context (the scope's own reference
         // keeps the store alive meanwhile).
         with_state(|state| {
-            state.frame.run_with_borrowed_entry::<T, _>(
+            state.frame.run_with_borrowed_entry(
                 key,
                 this.value.value(),
-                || future.poll(cx),
+                || {
+                    let poll = future
+                        .as_mut()
+                        .as_pin_mut()
+                        .expect("`Scope` future polled after it returned `Poll::Ready`")
+                        .poll(cx);
+                    if poll.is_ready() {
+                        // Dropped now, still inside: the scope's drop then has nothing to do.
+                        future.set(None);
+                    }
+                    poll
+                },
                 restore_own_entry(storage_key, key),
             )
         })

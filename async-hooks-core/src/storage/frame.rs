@@ -1246,7 +1246,7 @@ impl FrameCell {
     ///
     /// [`Scope`]: crate::storage::Scope
     #[inline]
-    pub(crate) fn run_with_borrowed_entry<T: Send + Sync + 'static, R>(
+    pub(crate) fn run_with_borrowed_entry<R>(
         &self,
         key: u64,
         value: &Value,
@@ -1256,7 +1256,8 @@ impl FrameCell {
         // SAFETY: a bitwise copy, which the scope never releases (`OWNED` is false: its end
         // forgets it), of a reference the caller keeps for this whole call.
         let value = unsafe { ptr::read(value) };
-        self.run_scope::<T, R, false>(key, Some(value), f, restore)
+        // No store type: a borrowed store is never released, the one use of it.
+        self.run_scope::<(), R, false>(key, Some(value), f, restore)
     }
 
     /// The body of [`FrameCell::run_with_entry`] (`OWNED`: the scope owns `value`, a fresh
@@ -2586,7 +2587,7 @@ mod tests {
         let store = Arc::new(Counted(drops.clone()));
         let kept = Value::new(store.clone());
         let borrowed = |cell: &FrameCell, key: u64, f: &mut dyn FnMut()| {
-            cell.run_with_borrowed_entry::<Counted, _>(key, &kept, f, restore_key(key))
+            cell.run_with_borrowed_entry(key, &kept, f, restore_key(key))
         };
         let cell = FrameCell::new();
         // On the stack, spilled, and both with a capture inside and a panic.
