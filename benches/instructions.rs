@@ -28,7 +28,7 @@ use std::pin::pin;
 use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
 
-use async_hooks::{AsyncLocalStorage, async_resource};
+use async_hooks::{AsyncLocalStorage, AsyncResource, Snapshot, async_resource};
 
 mod common;
 
@@ -235,6 +235,26 @@ fn shape_enter_scope(rounds: u64) {
     }
 }
 
+/// `Snapshot::run` of a snapshot taken once (Node's `AsyncLocalStorage.snapshot()` pattern), from
+/// inside a `run` of another store.
+#[inline(never)]
+fn shape_snapshot_run(rounds: u64) {
+    let snapshot = STORE.run(1, Snapshot::capture);
+    STORE.run(2, || {
+        for _ in 0..rounds {
+            black_box(snapshot.run(|| black_box(1)));
+        }
+    })
+}
+
+/// `enter_with` inside a resource's scope, as a request handler does once.
+#[inline(never)]
+fn shape_enter_with(rounds: u64) {
+    for i in 0..rounds {
+        AsyncResource::new("Handler").run_in_async_scope(|| STORE.enter_with(black_box(i)));
+    }
+}
+
 #[inline(never)]
 fn shape_tokio_with_in_sync_scope(rounds: u64) {
     TASK_LOCAL.sync_scope(1, || {
@@ -370,6 +390,8 @@ fn main() {
         shape_run_16_calling,
         shape_tokio_sync_scope_calling,
         shape_enter_scope,
+        shape_snapshot_run,
+        shape_enter_with,
     ]);
     // tracing's peers, under a registry subscriber made once: the shapes then count only what
     // each span costs, not the subscriber's construction.

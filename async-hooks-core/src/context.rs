@@ -104,13 +104,8 @@ impl ThreadState {
         self.with_current(Identity::handle)
     }
 
-    /// A clone of the current storage frame (O(1): one refcount increment, none when empty).
-    #[inline(always)]
-    pub(crate) fn capture_frame(&self) -> Frame {
-        self.frame.get()
-    }
-
-    /// [`ThreadState::capture_frame`] for a resource to keep.
+    /// A reference to the current storage frame, for a resource or a snapshot to keep (O(1):
+    /// one refcount increment, none when empty).
     #[inline(always)]
     pub(crate) fn capture_resource_frame(&self) -> ResourceFrame {
         self.frame.capture()

@@ -1007,7 +1007,8 @@ impl<T: Send + Sync + 'static, F> fmt::Debug for Scope<'_, T, F> {
 /// ```
 #[derive(Clone, Default)]
 pub struct Snapshot {
-    frame: Frame,
+    /// Kept as a resource keeps its frame: entered in place, with no reference count.
+    frame: ResourceFrame,
 }
 
 impl Snapshot {
@@ -1020,7 +1021,7 @@ impl Snapshot {
     /// ```
     pub fn capture() -> Snapshot {
         Snapshot {
-            frame: with_state(ThreadState::capture_frame),
+            frame: with_state(ThreadState::capture_resource_frame),
         }
     }
 
@@ -1034,12 +1035,17 @@ impl Snapshot {
     /// ```
     pub fn run<R>(&self, f: impl FnOnce() -> R) -> R {
         with_state(|state| {
-            let _restore = FrameRestore {
-                state,
-                since: share_count(),
-                previous: Some(state.frame.replace(self.frame.clone())),
+            // Entered in place, as a resource's scope enters its frame: no reference count.
+            let since = share_count();
+            let (previous, installed) = state.frame.enter(&self.frame);
+            let leave = SnapshotLeave {
+                previous,
+                installed,
+                since,
             };
-            f()
+            let result = f();
+            drop(leave);
+            result
         })
     }
 }
@@ -1052,20 +1058,22 @@ impl fmt::Debug for Snapshot {
     }
 }
 
-struct FrameRestore<'s> {
-    state: &'s ThreadState,
+/// Ends a [`Snapshot::run`], also on panic: puts the caller's frame back, and ends what the code
+/// inside entered (every storage's guard made inside and still alive ends with it).
+struct SnapshotLeave {
+    previous: *const FrameData,
+    installed: *const FrameData,
     /// [`share_count`] when the scope began.
     since: u64,
-    previous: Option<Frame>,
 }
 
-impl Drop for FrameRestore<'_> {
+impl Drop for SnapshotLeave {
+    #[inline]
     fn drop(&mut self) {
-        if let Some(previous) = self.previous.take() {
-            // Every storage's guard made inside and still alive ends here.
-            LiveGuards::orphan(None, self.state, self.since);
-            self.state.set_frame(previous);
-        }
+        with_state(|state| {
+            LiveGuards::orphan(None, state, self.since);
+            state.frame.leave_scope(self.installed, self.previous);
+        });
     }
 }
 

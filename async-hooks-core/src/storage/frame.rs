@@ -925,10 +925,37 @@ impl ResourceFrame {
     }
 
     /// The frame's entries.
-    #[cfg(test)]
     fn view(&self) -> FrameRef<'_> {
         // SAFETY: this frame's reference keeps it alive while `self` is borrowed.
         unsafe { FrameCell::view(self.lent()) }
+    }
+}
+
+impl Clone for ResourceFrame {
+    #[inline]
+    fn clone(&self) -> ResourceFrame {
+        let data = untagged(self.lent());
+        if !data.is_null() {
+            // SAFETY: this frame's own reference keeps the heap frame alive; the new one is the
+            // clone's.
+            unsafe { Frame::retain(data) };
+        }
+        ResourceFrame(self.0)
+    }
+}
+
+impl Default for ResourceFrame {
+    /// The empty frame.
+    fn default() -> ResourceFrame {
+        ResourceFrame(ptr::null())
+    }
+}
+
+impl fmt::Debug for ResourceFrame {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_list()
+            .entries(self.view().entries().iter().map(|e| e.key))
+            .finish()
     }
 }
 
@@ -1097,7 +1124,8 @@ impl FrameCell {
     }
 
     /// A new reference to the current frame (O(1): one refcount increment, none when empty).
-    #[inline]
+    /// (The library captures with [`FrameCell::capture`]; the tests look at frames with this.)
+    #[cfg(test)]
     pub(crate) fn get(&self) -> Frame {
         let raw = self.raw.get();
         if raw.addr() & STACK != 0 {
@@ -1107,9 +1135,9 @@ impl FrameCell {
         unsafe { FrameCell::cloned(raw) }
     }
 
-    /// [`FrameCell::get`] for a resource: the same reference, as a [`ResourceFrame`]. The
-    /// empty frame (null) and a heap frame (tagged) are told apart on the path `get` already
-    /// takes for each, with no test of its own.
+    /// A new reference to the current frame (O(1): one refcount increment, none when empty),
+    /// as a [`ResourceFrame`], for a resource or a snapshot to keep. The empty frame (null) and
+    /// a heap frame are told apart with no test of its own.
     #[inline(always)]
     pub(crate) fn capture(&self) -> ResourceFrame {
         let raw = self.raw.get();
@@ -1126,7 +1154,7 @@ impl FrameCell {
         ResourceFrame(data.map_addr(|addr| addr | LENT))
     }
 
-    /// [`FrameCell::get`] of a stack frame: promotes it and leaves the heap copy in the cell
+    /// A capture of a stack frame: promotes it and leaves the heap copy in the cell
     /// (with a reference of its own), so that further captures in the same scope take the
     /// plain path. The scope's end recognises the copy as its own frame.
     #[cold]
@@ -2620,6 +2648,26 @@ mod tests {
         drop(kept);
         assert_eq!(Arc::strong_count(&store), 1);
         drop(store);
+        assert_eq!(drops.load(Ordering::SeqCst), 1);
+    }
+
+    #[test]
+    fn resource_frames_clone_by_reference_and_are_entered_in_place() {
+        let drops = Arc::new(AtomicUsize::new(0));
+        let cell = FrameCell::new();
+        let captured = stacked(&cell, 1, fresh_counted(&drops), || cell.capture());
+        let copy = captured.clone();
+        assert_eq!(copy.lent(), captured.lent(), "the same frame");
+        assert!(ResourceFrame::default().lent().is_null());
+        assert_eq!(format!("{copy:?}"), "[1]");
+        drop(captured);
+        // Entered in place and left unchanged: no reference taken or released.
+        let (previous, installed) = cell.enter(&copy);
+        assert!(present(&cell, 1));
+        cell.leave_scope(installed, previous);
+        assert!(cell.raw.get().is_null());
+        assert_eq!(drops.load(Ordering::SeqCst), 0);
+        drop(copy);
         assert_eq!(drops.load(Ordering::SeqCst), 1);
     }
 
