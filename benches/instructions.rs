@@ -247,6 +247,15 @@ fn shape_snapshot_run(rounds: u64) {
     })
 }
 
+/// A `bind!` closure's call: a scope of a resource made once under a request's store.
+#[inline(never)]
+fn shape_bound_call(rounds: u64) {
+    let resource = STORE.run(7, || AsyncResource::new("Callback"));
+    for i in 0..rounds {
+        black_box(resource.run_in_async_scope(|| black_box(i) + 1));
+    }
+}
+
 /// `enter_with` inside a resource's scope, as a request handler does once.
 #[inline(never)]
 fn shape_enter_with(rounds: u64) {
@@ -392,6 +401,7 @@ fn main() {
         shape_enter_scope,
         shape_snapshot_run,
         shape_enter_with,
+        shape_bound_call,
     ]);
     // tracing's peers, under a registry subscriber made once: the shapes then count only what
     // each span costs, not the subscriber's construction.

@@ -317,6 +317,20 @@ impl Drop for KeptValue {
     }
 }
 
+impl Value {
+    /// Adds the reference that a bitwise copy of this value takes over (for copies made in
+    /// bulk: the caller counts the share, [`Recycled::count_share`], once for all of them).
+    ///
+    /// # Safety
+    ///
+    /// The caller must hand the new reference to exactly one bitwise copy, which releases it.
+    #[inline]
+    unsafe fn retain_copy(&self) {
+        // SAFETY: `data` holds a strong reference of the type `ops` was made for.
+        unsafe { (self.ops.retain)(self.data) };
+    }
+}
+
 impl Clone for Value {
     fn clone(&self) -> Value {
         Recycled::count_share();
@@ -559,25 +573,12 @@ unsafe impl Send for Frame {}
 unsafe impl Sync for Frame {}
 
 impl Frame {
-    /// A heap frame of the `len` entries of `entries` (in key order).
-    fn from_entries(len: usize, entries: impl Iterator<Item = Entry>) -> Frame {
-        /// Frees a frame being filled if filling it panics.
-        struct Partial {
-            raw: *mut FrameData,
-            capacity: usize,
-        }
-        impl Drop for Partial {
-            fn drop(&mut self) {
-                // SAFETY: `len` entries were written, in an allocation of `capacity`.
-                unsafe {
-                    ptr::drop_in_place(ptr::slice_from_raw_parts_mut(
-                        self.raw.add(1).cast::<Entry>(),
-                        (*self.raw).len,
-                    ));
-                    dealloc(self.raw.cast(), frame_layout(self.capacity));
-                }
-            }
-        }
+    /// A heap frame of the entries of `before`, then `own`, then those of `after` (together in
+    /// key order), sharing the stores of the borrowed ones: they are copied as they are, then
+    /// each store gets one reference more (a step that cannot fail, so no partly built frame
+    /// ever needs undoing), and the thread counts one share for them all.
+    fn build(before: &[Entry], own: Option<Entry>, after: &[Entry]) -> Frame {
+        let len = before.len() + usize::from(own.is_some()) + after.len();
         if len == 0 {
             return Frame(None);
         }
@@ -587,25 +588,38 @@ impl Frame {
         if raw.is_null() {
             handle_alloc_error(layout);
         }
-        // SAFETY: `raw` is a fresh allocation for the header and `len` entries; `len` counts the
-        // entries written so far, and `Partial` frees them if `entries` panics.
+        // SAFETY: `raw` is a fresh allocation for the header and `len` entries, each written
+        // once here. The borrowed entries are bitwise copies, each given a reference of its own
+        // right after (`retain` only increments a count, aborting on overflow as `Arc` does);
+        // `own`'s reference moves in.
         unsafe {
             raw.write(FrameData {
                 refs: AtomicUsize::new(1),
-                len: 0,
-            });
-            let partial = Partial { raw, capacity: len };
-            let slots = raw.add(1).cast::<Entry>();
-            for entry in entries.take(len) {
-                slots.add((*raw).len).write(entry);
-                (*raw).len += 1;
-            }
-            assert_eq!(
-                (*raw).len,
                 len,
-                "a frame got fewer entries than it was made for"
-            );
-            std::mem::forget(partial);
+            });
+            let slots = raw.add(1).cast::<Entry>();
+            // One loop per slice that copies and retains: with the copies apart, LLVM made
+            // them `memcpy` calls, dearer than the copies for the usual handful of entries.
+            let mut shared = false;
+            let mut copy = |entries: &[Entry], to: *mut Entry| {
+                for (i, entry) in entries.iter().enumerate() {
+                    to.add(i).write(ptr::read(entry));
+                    if let Some(value) = &entry.value {
+                        value.retain_copy();
+                        shared = true;
+                    }
+                }
+            };
+            copy(before, slots);
+            let mut next = before.len();
+            if let Some(own) = own {
+                slots.add(next).write(own);
+                next += 1;
+            }
+            copy(after, slots.add(next));
+            if shared {
+                Recycled::count_share();
+            }
             Frame(Some(NonNull::new_unchecked(raw)))
         }
     }
@@ -818,13 +832,7 @@ impl<'a> FrameRef<'a> {
             (Err(i), Some(value)) => (&entries[..i], Some(Entry { key, value }), &entries[i..]),
             (Err(_), None) => return None,
         };
-        let len = before.len() + usize::from(own.is_some()) + after.len();
-        let entries = before
-            .iter()
-            .cloned()
-            .chain(own)
-            .chain(after.iter().cloned());
-        Some(Frame::from_entries(len, entries))
+        Some(Frame::build(before, own, after))
     }
 }
 
@@ -1922,7 +1930,7 @@ impl StackFrame {
         if heap.is_null() {
             // SAFETY: `data` is the live frame, with the provenance of all of it.
             let entries = unsafe { entries_of(data) };
-            heap = Frame::from_entries(entries.len(), entries.iter().cloned()).into_raw();
+            heap = Frame::build(entries, None, &[]).into_raw();
             promoted.set(heap);
         }
         // SAFETY: the stack frame holds a reference to `heap` while it lives; the new one is
@@ -2672,22 +2680,41 @@ mod tests {
     }
 
     #[test]
-    fn a_frame_whose_entries_panic_while_being_made_frees_what_it_got() {
+    fn frames_built_from_others_share_their_stores_and_count_one_share() {
         let drops = Arc::new(AtomicUsize::new(0));
-        let entries = (1..=3u64).map(|key| {
-            if key == 3 {
-                panic!("no third entry");
-            }
-            Entry {
-                key,
-                value: counted(&drops).unwrap(),
-            }
-        });
-        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            Frame::from_entries(3, entries)
-        }));
-        assert!(result.is_err());
-        assert_eq!(drops.load(Ordering::SeqCst), 2);
+        let base = Frame::EMPTY
+            .with(1, counted(&drops))
+            .with(3, counted(&drops));
+        let before = Recycled::shares();
+        // An entry between the two, and the first replaced.
+        let keys = |frame: &Frame| frame.entries().iter().map(|e| e.key).collect::<Vec<_>>();
+        let between = base.with(2, counted(&drops));
+        assert_eq!(keys(&between), [1, 2, 3]);
+        assert_eq!(Recycled::shares(), before + 1, "one share for both copies");
+        let replaced = base.with(1, value(10));
+        assert_eq!(keys(&replaced), [1, 3]);
+        assert_eq!(read(replaced.view(), 1), Some(10));
+        // Removing the last one leaves the empty frame, which counts nothing.
+        let only = Frame::EMPTY.with(4, value(4));
+        let shares = Recycled::shares();
+        assert!(
+            only.view()
+                .with(4, None)
+                .expect("removed")
+                .as_ptr()
+                .is_null()
+        );
+        assert_eq!(Recycled::shares(), shares);
+        drop(base);
+        assert_eq!(
+            drops.load(Ordering::SeqCst),
+            0,
+            "the new frames share the stores"
+        );
+        drop(replaced);
+        assert_eq!(drops.load(Ordering::SeqCst), 0);
+        drop(between);
+        assert_eq!(drops.load(Ordering::SeqCst), 3);
         // Shared frames free their entries with the last reference.
         let frame = Frame::EMPTY
             .with(1, counted(&drops))
@@ -2695,7 +2722,7 @@ mod tests {
         let clones = [frame.clone(), frame.clone()];
         drop(frame);
         drop(clones);
-        assert_eq!(drops.load(Ordering::SeqCst), 4);
+        assert_eq!(drops.load(Ordering::SeqCst), 5);
     }
 
     /// The allocation at `slot` of this thread's recycling cache, left in place (`None` for a
