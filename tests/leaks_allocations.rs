@@ -6,7 +6,7 @@
 use std::sync::Mutex;
 
 use async_hooks::{
-    AsyncLocalStorage, AsyncResource, BindContext, Hooks, async_resource, create_hook,
+    AsyncLocalStorage, AsyncResource, BindContext, Hooks, Snapshot, async_resource, create_hook,
 };
 
 #[path = "common/futures.rs"]
@@ -96,6 +96,30 @@ fn documented_counts_hold_on_every_lifecycle() {
         AsyncResource::new("Counted").run_in_async_scope(|| ())
     });
     measure(Some(1), |_| drop(AsyncResource::new("Counted").resource()));
+    // A `scope` future, run to the end or dropped pending: its store's allocation is recycled
+    // as `run`'s is, and its polls build their frame on the stack.
+    measure(Some(0), |i| {
+        assert_eq!(poll_to_ready(STORE.scope(i, async move { i })), i)
+    });
+    measure(Some(0), |i| {
+        drop(STORE.scope(i, std::future::pending::<()>()))
+    });
+    // A snapshot's runs enter its frame in place.
+    let snapshot = STORE.run(3, Snapshot::capture);
+    measure(Some(0), |_| {
+        assert_eq!(snapshot.run(|| STORE.get_store()).as_deref(), Some(&3))
+    });
+    // Over four other storages the frame's entries spill to one heap block; the store is
+    // still recycled.
+    static OTHERS: [AsyncLocalStorage<u64>; 4] = [const { AsyncLocalStorage::new() }; 4];
+    let nested = |i: u64| {
+        OTHERS[0].run(i, || {
+            OTHERS[1].run(i, || {
+                OTHERS[2].run(i, || OTHERS[3].run(i, || STORE.run(i, || ())))
+            })
+        })
+    };
+    measure(Some(1), nested);
 }
 
 #[test]
