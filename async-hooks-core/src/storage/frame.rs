@@ -1424,7 +1424,7 @@ impl<
             shares,
             _store: PhantomData,
         };
-        // SAFETY: the stack frame lives until after this guard (see `run_stacked`).
+        // SAFETY: the stack frame lives until after this guard (see `FrameCell::run_scope`).
         let (promoted, spilled) = unsafe { ((*frame).promoted.get(), Spill::installed(frame)) };
         if spilled == Some(current) {
             // The frame's entries went to a spill block, still in the cell as itself.
@@ -1854,8 +1854,8 @@ impl StackFrame {
     /// copies, as on the stack (no reference counted, however many there are); the own entry
     /// takes `value` over, so that `run` keeps no store across this call (when it kept one, the
     /// store went to memory on every `run`: 1 to 3 instructions more a `run` in
-    /// `benches/instructions.rs`). Returns the cell pointer
-    /// for the block, tagged [`STACK`] like a stack frame's.
+    /// `benches/instructions.rs`). Returns the cell pointer for the block, tagged [`STACK`] like
+    /// a stack frame's.
     ///
     /// # Safety
     ///
@@ -1881,8 +1881,8 @@ impl StackFrame {
         // SAFETY: `block` is a fresh allocation of `Spill::layout(len)`: the owner pointer, then
         // the header, then `len` entries, each written once here. The base's entries are
         // bitwise copies, never dropped: they borrow `base`'s references, whose frame outlives
-        // the scope (per the caller); the own entry owns `value`'s reference, released by
-        // `Spill::release`. `frame` is valid for writes (per the caller); its `promoted` is
+        // the scope (per the caller); the own entry owns `value`'s reference, which
+        // `Spill::release` hands back for the scope to release. `frame` is valid for writes (per the caller); its `promoted` is
         // written before the block points at it, and the block goes in its unused inline array.
         unsafe {
             let data = block.add(Spill::HEADER).cast::<FrameData>();
