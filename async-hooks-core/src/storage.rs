@@ -1201,6 +1201,52 @@ mod tests {
     }
 
     #[test]
+    fn scope_polls_borrow_the_store_and_drop_the_future_inside() {
+        let store: AsyncLocalStorage<Counted> = AsyncLocalStorage::new();
+        let others: [AsyncLocalStorage<u64>; 4] = [const { AsyncLocalStorage::new() }; 4];
+        let drops = Arc::new(AtomicUsize::new(0));
+        let mut cx = Context::from_waker(Waker::noop());
+        // Pending once; meanwhile it reads, captures, enters another storage and, over four
+        // other storages, spills.
+        let captured = std::cell::RefCell::new(None);
+        let mut future = Box::pin(store.scope(counted(1, &drops), async {
+            std::future::poll_fn(|_| {
+                store.with_store(|s| assert_eq!(s.map(|s| s.value), Some(1)));
+                *captured.borrow_mut() = Some(async { store.get_store() }.bind_context());
+                others[0].enter_with(9);
+                others[0].run(1, || {
+                    others[1].run(2, || {
+                        others[2].run(3, || {
+                            others[3].run(4, || {
+                                assert_eq!(store.with_store(|s| s.map(|s| s.value)), Some(1))
+                            })
+                        })
+                    })
+                });
+                Poll::Ready(())
+            })
+            .await;
+            let held = counted(2, &drops);
+            std::future::pending::<()>().await;
+            drop(held);
+        }));
+        assert!(future.as_mut().poll(&mut cx).is_pending());
+        assert!(store.get_store().is_none());
+        assert_eq!(
+            *others[0].get_store().unwrap(),
+            9,
+            "another storage's enter_with survives"
+        );
+        // The capture holds the store beyond the poll.
+        let capture = captured.borrow_mut().take().unwrap();
+        assert_eq!(block_on(capture).map(|s| s.value), Some(1));
+        // Dropped pending: the held value is dropped with the store current, then the store.
+        drop(future);
+        assert_eq!(drops.load(Ordering::SeqCst), 2);
+        assert!(store.get_store().is_none());
+    }
+
+    #[test]
     fn with_store_inside_run_reads_the_stack_frame_while_the_closure_changes_the_context() {
         let store: AsyncLocalStorage<Counted> = AsyncLocalStorage::new();
         let other: AsyncLocalStorage<u64> = AsyncLocalStorage::new();
