@@ -936,16 +936,7 @@ pin_project_lite::pin_project! {
             // destructors (a guard held across an `.await`, say) see the store they ran with.
             let mut this = this.project();
             if this.future.is_some() {
-                let storage_key = &this.storage.key;
-                let key = this.storage.write_key();
-                with_state(|state| {
-                    state.frame.run_with_borrowed_entry(
-                        key,
-                        this.value.value(),
-                        || this.future.set(None),
-                        restore_own_entry(storage_key, key),
-                    )
-                });
+                in_scope(this.storage, this.value, || this.future.set(None));
             }
         }
     }
@@ -956,32 +947,36 @@ impl<T: Send + Sync + 'static, F: Future> Future for Scope<'_, T, F> {
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
         let this = self.project();
-        let storage_key = &this.storage.key;
-        let key = this.storage.write_key();
         let mut future = this.future;
-        // A `run` of the store around the poll, with the frame on this stack: no allocation
-        // and no reference count, whatever the caller's context (the scope's own reference
-        // keeps the store alive meanwhile).
-        with_state(|state| {
-            state.frame.run_with_borrowed_entry(
-                key,
-                this.value.value(),
-                || {
-                    let poll = future
-                        .as_mut()
-                        .as_pin_mut()
-                        .expect("`Scope` future polled after it returned `Poll::Ready`")
-                        .poll(cx);
-                    if poll.is_ready() {
-                        // Dropped now, still inside: the scope's drop then has nothing to do.
-                        future.set(None);
-                    }
-                    poll
-                },
-                restore_own_entry(storage_key, key),
-            )
+        in_scope(this.storage, this.value, || {
+            let poll = future
+                .as_mut()
+                .as_pin_mut()
+                .expect("`Scope` future polled after it returned `Poll::Ready`")
+                .poll(cx);
+            if poll.is_ready() {
+                // Dropped now, still inside: the scope's drop then has nothing to do.
+                future.set(None);
+            }
+            poll
         })
     }
+}
+
+/// Runs `f` in a `Scope`'s context: a `run` of its store with the frame on this stack, no
+/// allocation and no reference count, whatever the caller's context (the scope's own reference
+/// keeps the store alive meanwhile). Each poll and the inner future's drop run in it.
+#[inline(always)]
+fn in_scope<T, R>(storage: &AsyncLocalStorage<T>, store: &KeptValue, f: impl FnOnce() -> R) -> R {
+    let key = storage.write_key();
+    with_state(|state| {
+        state.frame.run_with_borrowed_entry(
+            key,
+            store.value(),
+            f,
+            restore_own_entry(&storage.key, key),
+        )
+    })
 }
 
 impl<T: Send + Sync + 'static, F> fmt::Debug for Scope<'_, T, F> {

@@ -1684,26 +1684,45 @@ impl Spill {
         layout.pad_to_align()
     }
 
-    /// The cell pointer of `frame`'s spill block, if it has one.
+    /// `frame`'s spill block, if it has one.
     ///
     /// # Safety
     ///
     /// `frame` must be initialised by [`StackFrame::init`] and not yet released.
     #[inline]
-    unsafe fn installed(frame: *const StackFrame) -> Option<*const FrameData> {
+    unsafe fn of(frame: *const StackFrame) -> Option<Spill> {
         // SAFETY: per the caller, the header's length is written, and with the mark the inline
         // array holds a `Spill`.
         unsafe {
-            ((*frame).header.len == Spill::MARK).then(|| {
-                let spill = (&raw const (*frame).inline).cast::<Spill>().read();
-                spill
-                    .block
-                    .add(Spill::HEADER)
-                    .cast_const()
-                    .cast::<FrameData>()
-                    .map_addr(|addr| addr | STACK)
-            })
+            ((*frame).header.len == Spill::MARK)
+                .then(|| (&raw const (*frame).inline).cast::<Spill>().read())
         }
+    }
+
+    /// The block's header, after the owner pointer.
+    ///
+    /// # Safety
+    ///
+    /// `block` must be a block of [`Spill::layout`].
+    #[inline]
+    unsafe fn header(block: *mut u8) -> *mut FrameData {
+        // SAFETY: per the caller, the header is in the block.
+        unsafe { block.add(Spill::HEADER).cast::<FrameData>() }
+    }
+
+    /// The cell pointer of `frame`'s spill block, if it has one.
+    ///
+    /// # Safety
+    ///
+    /// As for [`Spill::of`].
+    #[inline]
+    unsafe fn installed(frame: *const StackFrame) -> Option<*const FrameData> {
+        // SAFETY: per the caller; the block is `frame`'s.
+        unsafe { Spill::of(frame) }.map(|spill| {
+            // SAFETY: the block is live (see above).
+            let header = unsafe { Spill::header(spill.block) };
+            header.cast_const().map_addr(|addr| addr | STACK)
+        })
     }
 
     /// Frees `frame`'s spill block, if it has one, and returns the scope's store that its own
@@ -1717,12 +1736,9 @@ impl Spill {
         // SAFETY: per the caller, as in `installed`; nothing points at the block any more, and
         // of its entries only the own one holds a reference, taken out here, once.
         unsafe {
-            if (*frame).header.len != Spill::MARK {
-                return None;
-            }
-            let spill = (&raw const (*frame).inline).cast::<Spill>().read();
-            let entries = spill.block.add(Spill::HEADER + size_of::<FrameData>());
-            let own = entries.cast::<Entry>().add(spill.own).read();
+            let spill = Spill::of(frame)?;
+            let entries = Spill::header(spill.block).add(1).cast::<Entry>();
+            let own = entries.add(spill.own).read();
             dealloc(spill.block, Spill::layout(spill.len));
             own.value
         }
@@ -1885,7 +1901,7 @@ impl StackFrame {
         // `Spill::release` hands back for the scope to release. `frame` is valid for writes (per the caller); its `promoted` is
         // written before the block points at it, and the block goes in its unused inline array.
         unsafe {
-            let data = block.add(Spill::HEADER).cast::<FrameData>();
+            let data = Spill::header(block);
             let slots = data.add(1).cast::<Entry>();
             ptr::copy_nonoverlapping(base.as_ptr(), slots, at);
             slots.add(at).write(Entry { key, value });
