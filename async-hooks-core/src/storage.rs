@@ -1241,6 +1241,66 @@ mod tests {
         assert!(store.get_store().is_none());
     }
 
+    /// A `Scope`'s store goes back to the thread's cache only when nothing else holds it: a
+    /// store handed out by a poll (also by one that panicked) outlives the future, intact.
+    #[test]
+    fn scope_store_outlives_the_future_when_a_poll_shared_it() {
+        let store: AsyncLocalStorage<Counted> = AsyncLocalStorage::new();
+        let drops = Arc::new(AtomicUsize::new(0));
+        let mut cx = Context::from_waker(Waker::noop());
+
+        // Never shared: the next scope's store reuses its allocation.
+        let address = |s: Option<&Counted>| s.map(|s| s as *const Counted as usize);
+        let first = block_on(store.scope(counted(1, &drops), async { store.with_store(address) }));
+        let second = block_on(store.scope(counted(2, &drops), async { store.with_store(address) }));
+        assert!(first.is_some());
+        assert_eq!(first, second, "an unshared scope store is recycled");
+        assert_eq!(drops.load(Ordering::SeqCst), 2);
+
+        // Shared in the second poll, after an unshared first one.
+        let kept = std::cell::RefCell::new(None);
+        let mut future = Box::pin(store.scope(counted(3, &drops), async {
+            let mut polls = 0;
+            std::future::poll_fn(|_| {
+                polls += 1;
+                if polls == 1 {
+                    return Poll::Pending;
+                }
+                *kept.borrow_mut() = store.get_store();
+                Poll::Ready(())
+            })
+            .await;
+        }));
+        assert!(future.as_mut().poll(&mut cx).is_pending());
+        assert!(future.as_mut().poll(&mut cx).is_ready());
+        drop(future);
+        let held = kept.borrow_mut().take().unwrap();
+        assert_eq!(held.value, 3);
+        assert_eq!(drops.load(Ordering::SeqCst), 2, "the shared store is alive");
+        drop(held);
+        assert_eq!(drops.load(Ordering::SeqCst), 3);
+
+        // Shared by a poll that panics.
+        let mut future = Box::pin(store.scope(counted(4, &drops), async {
+            *kept.borrow_mut() = store.get_store();
+            panic!("a poll that panics after sharing its store");
+        }));
+        let unwound = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            let _ = future.as_mut().poll(&mut cx);
+        }));
+        assert!(unwound.is_err());
+        drop(future);
+        let held = kept.borrow_mut().take().unwrap();
+        assert_eq!(held.value, 4);
+        assert_eq!(
+            drops.load(Ordering::SeqCst),
+            3,
+            "the store shared before the panic is alive"
+        );
+        drop(held);
+        assert_eq!(drops.load(Ordering::SeqCst), 4);
+    }
+
     #[test]
     fn with_store_inside_run_reads_the_stack_frame_while_the_closure_changes_the_context() {
         let store: AsyncLocalStorage<Counted> = AsyncLocalStorage::new();
