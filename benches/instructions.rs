@@ -217,6 +217,49 @@ fn shape_with_store_in_run(rounds: u64) {
     })
 }
 
+/// A read from a function of its own, as a logger or a handler reads the store: each call
+/// finds the thread-local anew, which the loops above may hoist out of the loop.
+#[inline(never)]
+fn read_store() -> u64 {
+    STORE.with_store(|v| v.map_or(0, |v| *v))
+}
+
+#[inline(never)]
+fn shape_with_store_called_in_run(rounds: u64) {
+    STORE.run(1, || {
+        for _ in 0..rounds {
+            black_box(read_store());
+        }
+    })
+}
+
+/// `read_store` where the thread's cell owns the frame (after an `enter_with` in a resource's
+/// scope, as a request handler does), which is lent for each read.
+#[inline(never)]
+fn shape_with_store_called_after_enter_with(rounds: u64) {
+    AsyncResource::new("Handler").run_in_async_scope(|| {
+        STORE.enter_with(1);
+        for _ in 0..rounds {
+            black_box(read_store());
+        }
+    })
+}
+
+/// `read_store`'s peer.
+#[inline(never)]
+fn read_task_local() -> u64 {
+    TASK_LOCAL.with(|v| *v)
+}
+
+#[inline(never)]
+fn shape_tokio_with_called_in_sync_scope(rounds: u64) {
+    TASK_LOCAL.sync_scope(1, || {
+        for _ in 0..rounds {
+            black_box(read_task_local());
+        }
+    })
+}
+
 #[inline(never)]
 fn shape_get_store_in_run(rounds: u64) {
     STORE.run(1, || {
@@ -391,6 +434,9 @@ fn main() {
         shape_with_store_in_run,
         shape_get_store_in_run,
         shape_tokio_with_in_sync_scope,
+        shape_with_store_called_in_run,
+        shape_with_store_called_after_enter_with,
+        shape_tokio_with_called_in_sync_scope,
         shape_run,
         shape_tokio_sync_scope,
         shape_run_calling,

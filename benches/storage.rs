@@ -37,6 +37,20 @@ fn nested_scopes(depth: usize, f: &mut dyn FnMut()) {
     r.run_in_async_scope(|| nested_scopes(depth - 1, f));
 }
 
+/// A read from a function of its own, as a logger reads the request's store: the loop of a
+/// bench that calls `with_store` directly may keep the thread-local's address, or the whole
+/// read, in registers across iterations, which a real caller cannot.
+#[inline(never)]
+fn read_store() -> u64 {
+    STORE.with_store(|v| v.map_or(0, |v| *v))
+}
+
+/// `read_store`'s peer.
+#[inline(never)]
+fn read_task_local() -> u64 {
+    TASK_LOCAL.with(|v| *v)
+}
+
 fn reads(c: &mut Criterion) {
     let mut group = c.benchmark_group("read");
     STORE.run(1, || {
@@ -47,6 +61,9 @@ fn reads(c: &mut Criterion) {
         // `Option<u64>` instead measured `black_box`'s own store-forwarding stall.
         group.bench_function("async-hooks with_store hit", |b| {
             b.iter(|| STORE.with_store(|v| black_box(v.map_or(0, |v| *v))))
+        });
+        group.bench_function("async-hooks with_store hit, through a call", |b| {
+            b.iter(|| black_box(read_store()))
         });
         group.bench_function("async-hooks get_store miss", |b| {
             b.iter(|| black_box(UNUSED.get_store()))
@@ -59,10 +76,23 @@ fn reads(c: &mut Criterion) {
         group.bench_function("async-hooks with_store hit, in a resource's scope", |b| {
             b.iter(|| STORE.with_store(|v| black_box(v.map_or(0, |v| *v))))
         });
+        group.bench_function(
+            "async-hooks with_store hit, in a resource's scope, through a call",
+            |b| b.iter(|| black_box(read_store())),
+        );
+        // After an `enter_with` there, the thread's cell owns the frame, and lends it.
+        STORE.enter_with(1);
+        group.bench_function(
+            "async-hooks with_store hit, after enter_with, through a call",
+            |b| b.iter(|| black_box(read_store())),
+        );
     });
     TASK_LOCAL.sync_scope(1, || {
         group.bench_function("tokio task_local with (hit)", |b| {
             b.iter(|| TASK_LOCAL.with(|v| black_box(*v)))
+        });
+        group.bench_function("tokio task_local with (hit), through a call", |b| {
+            b.iter(|| black_box(read_task_local()))
         });
     });
     group.bench_function("tokio task_local try_with (miss)", |b| {
