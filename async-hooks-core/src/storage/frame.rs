@@ -1239,23 +1239,59 @@ impl FrameCell {
         }
     }
 
-    /// Calls `f` with the current frame, which stays valid whatever `f` does to the cell: a
-    /// frame the cell owns is [lent](FrameCell::lend) for the call; one owned higher up this
-    /// stack (by a lender or a stack frame's scope), or the empty frame, is just read, with no
-    /// guard to keep.
+    /// The current frame if it is owned higher up this stack (by a lender or a stack frame's
+    /// scope), where reading it needs no guard: it stays valid whatever code runs meanwhile
+    /// does to the cell. `None` for a frame the cell owns or the empty frame, which
+    /// [`FrameCell::with_lent_owned`] reads. Untagged is either of those: one test and one
+    /// branch.
+    ///
+    /// # Safety
+    ///
+    /// The result must not be used after the caller returns: its owner is up the stack from
+    /// the caller, not from the code the caller returns to.
     #[inline(always)]
-    pub(crate) fn with_lent<R>(&self, f: impl FnOnce(FrameRef<'_>) -> R) -> R {
+    pub(crate) unsafe fn owned_up_the_stack(&self) -> Option<FrameRef<'_>> {
         let raw = self.raw.get();
-        // Untagged is a heap frame the cell owns, or null, which then takes the lending path
-        // for nothing (`lend` lends nothing for it): one test and one branch.
-        if raw.addr() & TAGS != 0 {
-            debug_assert!(!untagged(raw).is_null(), "a tagged empty frame");
-            // SAFETY: a tagged pointer is never null (the empty frame is never tagged); the
-            // frame's owner is higher up this stack and outlives this call.
-            return f(unsafe { FrameRef::new(NonNull::new_unchecked(untagged(raw).cast_mut())) });
+        if raw.addr() & TAGS == 0 {
+            return None;
         }
+        debug_assert!(!untagged(raw).is_null(), "a tagged empty frame");
+        // SAFETY: a tagged pointer is never null (the empty frame is never tagged); the frame's
+        // owner is higher up this stack and, per the caller, outlives every use of the result:
+        // code that runs meanwhile changes the cell only in scopes nested in that owner's.
+        Some(unsafe { FrameRef::new(NonNull::new_unchecked(untagged(raw).cast_mut())) })
+    }
+
+    /// Calls `f` with the current frame, a frame the cell owns or the empty frame (where
+    /// [`FrameCell::owned_up_the_stack`] gave `None`), which stays valid whatever `f` does to
+    /// the cell: a heap frame is [lent](FrameCell::lend) for the call. Callers put this out of
+    /// line, so that a read through a frame owned up the stack saves no register and keeps no
+    /// stack frame (inside a `run` or a resource's scope, where most reads are).
+    ///
+    /// # Safety
+    ///
+    /// The cell's pointer must be untagged: `owned_up_the_stack` gave `None` and nothing has
+    /// run since.
+    #[inline(always)]
+    pub(crate) unsafe fn with_lent_owned<R>(&self, f: impl FnOnce(FrameRef<'_>) -> R) -> R {
+        // SAFETY: per the caller. Told so, LLVM drops `lend`'s tests of the tags, which out of
+        // line it can no longer see were made.
+        unsafe { std::hint::assert_unchecked(self.raw.get().addr() & TAGS == 0) };
         let lent = self.lend();
         f(lent.frame())
+    }
+
+    /// Calls `f` with the current frame, which stays valid whatever `f` does to the cell (see
+    /// [`FrameCell::owned_up_the_stack`] and [`FrameCell::with_lent_owned`]).
+    #[cfg(test)]
+    fn with_lent<R>(&self, f: impl FnOnce(FrameRef<'_>) -> R) -> R {
+        // SAFETY: the frame is used within this call only; nothing runs between the two.
+        unsafe {
+            match self.owned_up_the_stack() {
+                Some(frame) => f(frame),
+                None => self.with_lent_owned(f),
+            }
+        }
     }
 
     /// Runs `f` in the current frame with `key`'s entry set to `value`: a [`StackFrame`] built
