@@ -351,6 +351,14 @@ impl<T: Send + Sync + 'static> AsyncLocalStorage<T> {
     /// Calls `f` with a reference to the current store (see
     /// [`get_store`](AsyncLocalStorage::get_store)).
     ///
+    /// `f` may change the context (`run`, `enter_with`, poll a future): the store it was given
+    /// stays alive until it returns. Cost: no allocation and no lock. Unless `f` changes the
+    /// context, there is also no atomic read-modify-write, where `get_store` adds the `Arc`'s
+    /// increment and the caller's decrement. Inside a `run`, a resource's scope or a poll, it
+    /// reads the frame through a remembered position and a key check. After an `enter_with`,
+    /// or outside every scope, it also lends the thread's frame to `f` and takes it back
+    /// afterwards.
+    ///
     /// ```
     /// # use async_hooks::AsyncLocalStorage;
     /// let store = AsyncLocalStorage::new();
