@@ -530,12 +530,108 @@ pub(crate) struct Frame(Option<NonNull<FrameData>>);
 
 /// The header of a frame. The entries, sorted by key, follow it directly: in the heap frame's
 /// allocation, or in a [`StackFrame`]'s inline array.
-#[repr(C)]
+///
+/// Aligned to 8 so that the entries follow with no padding on 32-bit targets too.
+#[repr(C, align(8))]
 pub(crate) struct FrameData {
     /// A heap frame's reference count (the `Frame`s and cell references sharing it); unused,
     /// and left uninitialised, in a stack frame.
     refs: AtomicUsize,
-    len: usize,
+    /// The number of entries.
+    len: u32,
+    /// The byte offset, from the header, just past the last entry: what a [`PositionHint`] (a
+    /// byte offset too) is checked against, so that a hinted read scales no index. A stack
+    /// frame's (or spill block's) is [`STACK_END`] less, which is what marks it: the offsets
+    /// are even, so the hinted read's `offset < end` holds for the same offsets either way.
+    end: u32,
+}
+
+/// What a stack frame's `end` is less than its entries' end (see [`FrameData::end`]).
+const STACK_END: u32 = 1;
+
+// Entry offsets and ends are even, so that `STACK_END` changes no hinted read.
+const _: () = assert!(FrameData::entry_offset(0) % 2 == 0 && size_of::<Entry>() % 2 == 0);
+
+impl FrameData {
+    /// The header of a heap frame of `len` entries, with one reference.
+    #[inline(always)]
+    fn heap(len: usize) -> FrameData {
+        FrameData {
+            refs: AtomicUsize::new(1),
+            len: len as u32,
+            end: FrameData::checked_end(len),
+        }
+    }
+
+    /// The end of `len` entries.
+    ///
+    /// # Panics
+    ///
+    /// If it does not fit in 32 bits (over 178 million storages in one context, 4 GiB of
+    /// entries).
+    #[inline(always)]
+    fn checked_end(len: usize) -> u32 {
+        let end = len
+            .checked_mul(size_of::<Entry>())
+            .and_then(|size| size.checked_add(size_of::<FrameData>()))
+            .and_then(|end| u32::try_from(end).ok());
+        end.expect("more storages in one context than a frame can hold")
+    }
+
+    /// Writes the header of a stack frame or spill block of `len` entries ending at `end`
+    /// (from [`FrameData::entry_offset`] or [`FrameData::checked_end`]). Its count stays
+    /// uninitialised: nothing counts references to it, a store less on every `run`.
+    ///
+    /// # Safety
+    ///
+    /// `header` must be valid for writes.
+    #[inline(always)]
+    unsafe fn write_stack(header: *mut FrameData, len: usize, end: u32) {
+        // SAFETY: per the caller.
+        unsafe {
+            (&raw mut (*header).len).write(len as u32);
+            (&raw mut (*header).end).write(end - STACK_END);
+        }
+    }
+
+    /// Whether the frame at `data` (untagged) is a stack frame or a spill block rather than a
+    /// heap frame.
+    ///
+    /// # Safety
+    ///
+    /// `data` must point to a live frame.
+    #[inline(always)]
+    unsafe fn is_stack(data: *const FrameData) -> bool {
+        // SAFETY: per the caller.
+        unsafe { (*data).end & STACK_END != 0 }
+    }
+
+    /// The byte offset of entry `index` from the header.
+    #[inline(always)]
+    const fn entry_offset(index: usize) -> usize {
+        size_of::<FrameData>() + index * size_of::<Entry>()
+    }
+}
+
+/// Where a storage's entry was last found in a frame, as the entry's byte offset from the
+/// frame's header: a guess, checked before use. A storage sits at the same position in every
+/// frame with the same set of storages, so most reads need no search. Only ever an entry's
+/// offset ([`FrameData::entry_offset`]), which a hinted read relies on: one below a frame's
+/// `end` is a whole entry of that frame.
+pub(crate) struct PositionHint(AtomicU32);
+
+impl PositionHint {
+    /// A hint at the first entry.
+    pub(crate) const fn new() -> PositionHint {
+        PositionHint(AtomicU32::new(FrameData::entry_offset(0) as u32))
+    }
+
+    /// Points the hint at entry `index` of a frame (which exists, so its offset fits).
+    #[inline]
+    fn set(&self, index: usize) {
+        self.0
+            .store(FrameData::entry_offset(index) as u32, Ordering::Relaxed);
+    }
 }
 
 // The entries start right after the header, with no padding, in both layouts.
@@ -561,7 +657,7 @@ fn frame_layout(len: usize) -> Layout {
 #[inline(always)]
 unsafe fn entries_of<'a>(raw: *const FrameData) -> &'a [Entry] {
     // SAFETY: per the caller; `len` initialised entries follow the header.
-    unsafe { slice::from_raw_parts(raw.add(1).cast::<Entry>(), (*raw).len) }
+    unsafe { slice::from_raw_parts(raw.add(1).cast::<Entry>(), (*raw).len as usize) }
 }
 
 // SAFETY: a frame shares `Send + Sync` entries (`u64` and `Value`) through an atomic count,
@@ -593,10 +689,7 @@ impl Frame {
         // right after (`retain` only increments a count, aborting on overflow as `Arc` does);
         // `own`'s reference moves in.
         unsafe {
-            raw.write(FrameData {
-                refs: AtomicUsize::new(1),
-                len,
-            });
+            raw.write(FrameData::heap(len));
             let slots = raw.add(1).cast::<Entry>();
             // One loop per slice that copies and retains: with the copies apart, LLVM made
             // them `memcpy` calls, dearer than the copies for the usual handful of entries.
@@ -686,7 +779,7 @@ impl Frame {
         }
         // SAFETY: per the caller: nothing else refers to the frame any more.
         unsafe {
-            let len = (*raw).len;
+            let len = (*raw).len as usize;
             let _dealloc = Dealloc(raw, len);
             ptr::drop_in_place(ptr::slice_from_raw_parts_mut(
                 raw.add(1).cast::<Entry>(),
@@ -741,6 +834,7 @@ pub(crate) struct FrameRef<'a> {
 static EMPTY_FRAME: FrameData = FrameData {
     refs: AtomicUsize::new(0),
     len: 0,
+    end: FrameData::entry_offset(0) as u32,
 };
 
 impl<'a> FrameRef<'a> {
@@ -760,13 +854,6 @@ impl<'a> FrameRef<'a> {
             data,
             _frame: PhantomData,
         }
-    }
-
-    /// The number of entries.
-    #[inline(always)]
-    fn len(self) -> usize {
-        // SAFETY: `data` points to a live header (see the field).
-        unsafe { (*self.data.as_ptr()).len }
     }
 
     /// The entries, sorted by key.
@@ -792,19 +879,19 @@ impl<'a> FrameRef<'a> {
         }
     }
 
-    /// The entry of `key` if it sits at position `hint`; `None` says nothing about the other
-    /// positions (see [`FrameRef::lookup_searched`]). A storage sits at the same position in
-    /// every frame with the same set of storages, so most reads need no search.
+    /// The entry of `key` if it sits where `hint` points; `None` says nothing about the other
+    /// positions (see [`FrameRef::lookup_searched`]).
     #[inline(always)]
-    pub(crate) fn lookup_at_hint(self, key: u64, hint: &AtomicU32) -> Option<&'a Entry> {
-        let guess = hint.load(Ordering::Relaxed) as usize;
-        if guess < self.len() {
-            // One byte offset from the header, not the entries' start and then an index: with
-            // the two steps LLVM rebuilt the entry's address after the key compare to read its
-            // value (two instructions more a read; one more, `shl`, this way).
-            let offset = size_of::<FrameData>() + guess * size_of::<Entry>();
-            // SAFETY: `guess` is below the frame's length, so the entry is one of its live ones.
-            let entry = unsafe { &*self.data.as_ptr().byte_add(offset).cast::<Entry>() };
+    pub(crate) fn lookup_at_hint(self, key: u64, hint: &PositionHint) -> Option<&'a Entry> {
+        // A byte offset from the header, compared with the header's `end`: no index to scale
+        // (an index cost a `shl` and a `lea` on every read) and no entries' start to rebuild
+        // the entry's address from after the key compare (two instructions more).
+        let offset = hint.0.load(Ordering::Relaxed);
+        // SAFETY: `data` points to a live header (see the field).
+        if offset < unsafe { (*self.data.as_ptr()).end } {
+            // SAFETY: a hint is only ever an entry's offset (see `PositionHint`), and this one
+            // is below the frame's end, so the entry is one of its live ones.
+            let entry = unsafe { &*self.data.as_ptr().byte_add(offset as usize).cast::<Entry>() };
             if entry.key == key {
                 return Some(entry);
             }
@@ -816,9 +903,9 @@ impl<'a> FrameRef<'a> {
     /// Out of line, so that the hinted hit stays small.
     #[cold]
     #[inline(never)]
-    pub(crate) fn lookup_searched(self, key: u64, hint: &AtomicU32) -> Option<&'a Entry> {
+    pub(crate) fn lookup_searched(self, key: u64, hint: &PositionHint) -> Option<&'a Entry> {
         let found = self.position(key)?;
-        hint.store(found as u32, Ordering::Relaxed);
+        hint.set(found);
         Some(&self.entries()[found])
     }
 
@@ -881,23 +968,23 @@ impl fmt::Debug for Frame {
     }
 }
 
-/// Tag bits of a [`FrameCell`] pointer (frames are 8-aligned).
+/// The tag bit of a [`FrameCell`] pointer (frames are 8-aligned): the cell does not own the
+/// frame, an owner higher up this thread's stack does: a [`LentFrame`] guard or a running
+/// execution ([`FrameCell::enter`]) for a heap frame, the `run` that built it for a
+/// [`StackFrame`] (told apart by [`FrameData::is_stack`]).
 ///
-/// `LENT`: the cell does not own the reference: a [`LentFrame`] guard or a running execution
-/// ([`FrameCell::enter`]) higher up this thread's stack does.
-const LENT: usize = 1;
-/// `STACK`: the pointer is a [`StackFrame`]'s, owned by the `run` higher up this thread's stack;
-/// the cell holds no reference.
-const STACK: usize = 2;
-const TAGS: usize = LENT | STACK;
+/// One tag for both, so that a read through a frame owned up the stack tests one bit and
+/// reaches the header at a fixed offset from the tagged pointer: with a tag for each, every
+/// read also copied, masked and subtracted the tag (2 instructions more).
+const UNOWNED: usize = 1;
 
 #[inline(always)]
 fn untagged(raw: *const FrameData) -> *const FrameData {
-    raw.map_addr(|addr| addr & !TAGS)
+    raw.map_addr(|addr| addr & !UNOWNED)
 }
 
 /// A resource's captured frame, kept as the pointer the thread's cell holds while the resource
-/// runs: a heap frame tagged [`LENT`], so that entering it is a plain store with no `or` on
+/// runs: a heap frame tagged [`UNOWNED`], so that entering it is a plain store with no `or` on
 /// every poll, or null for the empty frame (which owns nothing, so the cell may hold it
 /// untagged). Owns one reference, as a [`Frame`] does.
 ///
@@ -920,7 +1007,7 @@ impl ResourceFrame {
         if raw.is_null() {
             ResourceFrame(raw)
         } else {
-            ResourceFrame(raw.map_addr(|addr| addr | LENT))
+            ResourceFrame(raw.map_addr(|addr| addr | UNOWNED))
         }
     }
 
@@ -983,10 +1070,10 @@ impl Drop for ResourceFrame {
 ///
 /// It holds a raw frame pointer: null for the empty frame, which owns nothing and is never
 /// tagged. Untagged and not null, it is a heap frame whose reference the cell owns.
-/// Tagged with [`LENT`], the reference belongs to the [`LentFrame`] guard that tagged it, or to
-/// the execution running in it ([`FrameCell::enter`]); tagged with [`STACK`], it is a
-/// [`StackFrame`] owned by [`FrameCell::run_with_entry`]. Either owner is alive higher up the
-/// same thread's stack. Guards and stack frames nest strictly: the cell is thread-local and
+/// Tagged [`UNOWNED`], it is a heap frame whose reference belongs to the [`LentFrame`] guard
+/// that tagged it, or to the execution running in it ([`FrameCell::enter`]), or a
+/// [`StackFrame`] (its header says so) owned by [`FrameCell::run_with_entry`]. Either owner is
+/// alive higher up the same thread's stack. Guards and stack frames nest strictly: the cell is thread-local and
 /// `!Send`, and they never leave the function that made them.
 pub(crate) struct FrameCell {
     raw: Cell<*const FrameData>,
@@ -1009,12 +1096,13 @@ impl FrameCell {
     /// guard or a stack frame) is still alive.
     #[inline]
     unsafe fn cloned(raw: *const FrameData) -> Frame {
-        if raw.addr() & STACK != 0 {
+        let data = untagged(raw);
+        // SAFETY: per the caller, the frame is alive.
+        if raw.addr() & UNOWNED != 0 && unsafe { FrameData::is_stack(data) } {
             // SAFETY: per the caller, the stack frame is alive.
-            return unsafe { StackFrame::promote(untagged(raw)) };
+            return unsafe { StackFrame::promote(data) };
         }
         // The empty frame is never tagged; a lent heap frame is.
-        let data = untagged(raw);
         if data.is_null() {
             return Frame(None);
         }
@@ -1036,7 +1124,7 @@ impl FrameCell {
     /// gets a reference of its own.
     #[inline]
     unsafe fn owned(raw: *const FrameData) -> Frame {
-        if !raw.is_null() && raw.addr() & TAGS == 0 {
+        if !raw.is_null() && raw.addr() & UNOWNED == 0 {
             // SAFETY: an untagged non-null pointer in the cell is a heap frame whose reference
             // was the cell's; the caller took it out of the cell.
             unsafe { Frame::from_raw(raw) }
@@ -1063,7 +1151,7 @@ impl FrameCell {
     }
 
     /// Enters an execution whose frame is `frame`: the cell points at it without owning it
-    /// (tagged [`LENT`]: its owner, the running resource, is up the stack until
+    /// (tagged [`UNOWNED`]: its owner, the running resource, is up the stack until
     /// [`FrameCell::leave`]). Returns the cell's previous pointer, to put back as it was, and
     /// the pointer put in, to tell at the end whether the code inside replaced it. Code inside
     /// that takes the frame gets a reference of its own; a `with_store` inside needs no lend.
@@ -1136,30 +1224,33 @@ impl FrameCell {
     #[cfg(test)]
     pub(crate) fn get(&self) -> Frame {
         let raw = self.raw.get();
-        if raw.addr() & STACK != 0 {
+        // SAFETY: the pointer is in the cell, so its owner is alive.
+        if raw.addr() & UNOWNED != 0 && unsafe { FrameData::is_stack(untagged(raw)) } {
             return self.promote_in_place(raw);
         }
-        // SAFETY: the pointer is in the cell, so its owner is alive.
+        // SAFETY: as above.
         unsafe { FrameCell::cloned(raw) }
     }
 
     /// A new reference to the current frame (O(1): one refcount increment, none when empty),
-    /// as a [`ResourceFrame`], for a resource or a snapshot to keep. The empty frame (null) and
-    /// a heap frame are told apart with no test of its own.
+    /// as a [`ResourceFrame`], for a resource or a snapshot to keep. A stack frame is promoted
+    /// to the heap once per `run`, and the copy left in the cell.
     #[inline(always)]
     pub(crate) fn capture(&self) -> ResourceFrame {
         let raw = self.raw.get();
-        if raw.addr() & STACK != 0 {
-            return ResourceFrame::new(self.promote_in_place(raw));
+        // The empty frame first: one test on the path of every capture outside all storage.
+        if raw.is_null() {
+            return ResourceFrame(raw);
         }
         let data = untagged(raw);
-        if data.is_null() {
-            return ResourceFrame(data);
+        // SAFETY: the pointer is in the cell, so its owner is alive.
+        if raw.addr() & UNOWNED != 0 && unsafe { FrameData::is_stack(data) } {
+            return ResourceFrame::new(self.promote_in_place(raw));
         }
         // SAFETY: `data` is a heap frame (not a stack frame, not null) in the cell, so its owner
         // holds a reference for the duration of this call; the new reference is the result's.
         unsafe { Frame::retain(data) };
-        ResourceFrame(data.map_addr(|addr| addr | LENT))
+        ResourceFrame(data.map_addr(|addr| addr | UNOWNED))
     }
 
     /// A capture of a stack frame: promotes it and leaves the heap copy in the cell
@@ -1227,9 +1318,9 @@ impl FrameCell {
         let raw = self.raw.get();
         // Only a reference the cell owns is lent; a lent or stack frame's owner is higher up the
         // stack already, and outlives this guard.
-        let lender = !raw.is_null() && raw.addr() & TAGS == 0;
+        let lender = !raw.is_null() && raw.addr() & UNOWNED == 0;
         if lender {
-            self.raw.set(raw.map_addr(|addr| addr | LENT));
+            self.raw.set(raw.map_addr(|addr| addr | UNOWNED));
         }
         LentFrame {
             cell: self,
@@ -1252,7 +1343,7 @@ impl FrameCell {
     #[inline(always)]
     pub(crate) unsafe fn owned_up_the_stack(&self) -> Option<FrameRef<'_>> {
         let raw = self.raw.get();
-        if raw.addr() & TAGS == 0 {
+        if raw.addr() & UNOWNED == 0 {
             return None;
         }
         debug_assert!(!untagged(raw).is_null(), "a tagged empty frame");
@@ -1276,7 +1367,7 @@ impl FrameCell {
     pub(crate) unsafe fn with_lent_owned<R>(&self, f: impl FnOnce(FrameRef<'_>) -> R) -> R {
         // SAFETY: per the caller. Told so, LLVM drops `lend`'s tests of the tags, which out of
         // line it can no longer see were made.
-        unsafe { std::hint::assert_unchecked(self.raw.get().addr() & TAGS == 0) };
+        unsafe { std::hint::assert_unchecked(self.raw.get().addr() & UNOWNED == 0) };
         let lent = self.lend();
         f(lent.frame())
     }
@@ -1480,7 +1571,7 @@ impl<
             let previous_frame = unsafe { FrameCell::view(previous) };
             let restore = restore.expect("a scope is left once");
             cell.set(restore(&current, previous_frame, shares));
-            if !previous.is_null() && previous.addr() & TAGS == 0 {
+            if !previous.is_null() && previous.addr() & UNOWNED == 0 {
                 // The cell's reference to the previous frame passed to this scope; nothing
                 // holds it any more.
                 // SAFETY: an untagged pointer in the cell is a heap frame reference, released
@@ -1534,7 +1625,7 @@ impl<
     ) {
         let current = cell.raw.get();
         let stack = frame.cast_const().cast::<FrameData>();
-        if current == stack.map_addr(|addr| addr | STACK) {
+        if current == stack.map_addr(|addr| addr | UNOWNED) {
             cell.raw.set(previous);
             // SAFETY: the stack frame is no longer pointed at by the cell, and released once,
             // here.
@@ -1710,7 +1801,7 @@ impl Spill {
     const HEADER: usize = size_of::<*const Cell<*const FrameData>>();
     /// The length a stack frame with a spill block has in its own header (a real one is at most
     /// [`STACK_ENTRIES`]).
-    const MARK: usize = usize::MAX;
+    const MARK: u32 = u32::MAX;
 
     fn layout(len: usize) -> Layout {
         let (layout, offset) = Layout::new::<*const Cell<*const FrameData>>()
@@ -1757,7 +1848,7 @@ impl Spill {
         unsafe { Spill::of(frame) }.map(|spill| {
             // SAFETY: the block is live (see above).
             let header = unsafe { Spill::header(spill.block) };
-            header.cast_const().map_addr(|addr| addr | STACK)
+            header.cast_const().map_addr(|addr| addr | UNOWNED)
         })
     }
 
@@ -1784,7 +1875,7 @@ impl Spill {
 impl StackFrame {
     /// Builds, in place at `frame`, the frame over `base` with `key` set to `value`: on the stack
     /// when it needs at most [`STACK_ENTRIES`] entries, else in a [`Spill`] block.
-    /// Returns the pointer to put in the cell (the stack frame or its block, tagged [`STACK`])
+    /// Returns the pointer to put in the cell (the stack frame or its block, tagged [`UNOWNED`])
     /// and the reference to `value` that the scope keeps while the stack frame's entry copies
     /// it (`None` when the spill block took it).
     ///
@@ -1891,14 +1982,17 @@ impl StackFrame {
         // SAFETY: per the caller.
         unsafe {
             (&raw mut (*frame).promoted).write(Cell::new(ptr::null()));
-            // Only the length: a stack frame's count is never read (nothing counts references
-            // to it), so it stays uninitialised, a store less on every `run`.
-            (&raw mut (*frame).header.len).write(len);
+            debug_assert!(len <= STACK_ENTRIES);
+            FrameData::write_stack(
+                &raw mut (*frame).header,
+                len,
+                FrameData::entry_offset(len) as u32,
+            );
         }
         frame
             .cast_const()
             .cast::<FrameData>()
-            .map_addr(|addr| addr | STACK)
+            .map_addr(|addr| addr | UNOWNED)
     }
 
     /// [`StackFrame::init`] for a frame too large for the stack: its entries go to a [`Spill`]
@@ -1906,7 +2000,7 @@ impl StackFrame {
     /// copies, as on the stack (no reference counted, however many there are); the own entry
     /// takes `value` over, so that `run` keeps no store across this call (when it kept one, the
     /// store went to memory on every `run`: 1 to 3 instructions more a `run` in
-    /// `benches/instructions.rs`). Returns the cell pointer for the block, tagged [`STACK`] like
+    /// `benches/instructions.rs`). Returns the cell pointer for the block, tagged [`UNOWNED`] like
     /// a stack frame's.
     ///
     /// # Safety
@@ -1942,8 +2036,7 @@ impl StackFrame {
             ptr::copy_nonoverlapping(base.as_ptr(), slots, at);
             slots.add(at).write(Entry { key, value });
             ptr::copy_nonoverlapping(after.as_ptr(), slots.add(at + 1), after.len());
-            // Only the length, as in a stack frame: the count is never read.
-            (&raw mut (*data).len).write(len);
+            FrameData::write_stack(data, len, FrameData::checked_end(len));
             (&raw mut (*frame).promoted).write(Cell::new(ptr::null()));
             block
                 .cast::<*const Cell<*const FrameData>>()
@@ -1954,7 +2047,7 @@ impl StackFrame {
                 len,
                 own: at,
             });
-            data.cast_const().map_addr(|addr| addr | STACK)
+            data.cast_const().map_addr(|addr| addr | UNOWNED)
         }
     }
 
@@ -1970,7 +2063,7 @@ impl StackFrame {
         // pointer to all of it; a stack frame has at most `STACK_ENTRIES` entries, a spill block
         // more, and its owner pointer (to its live stack frame's `promoted`) before the header.
         let promoted = unsafe {
-            if (*data).len > STACK_ENTRIES {
+            if (*data).len as usize > STACK_ENTRIES {
                 &**data
                     .byte_sub(Spill::HEADER)
                     .cast::<*const Cell<*const FrameData>>()
@@ -2019,7 +2112,7 @@ impl Drop for LentFrame<'_> {
         if !self.lender {
             return;
         }
-        let tagged = self.data.map_addr(|addr| addr | LENT);
+        let tagged = self.data.map_addr(|addr| addr | UNOWNED);
         if self.cell.raw.get() == tagged {
             // Untouched (or lent again and given back): the cell owns the reference again.
             self.cell.raw.set(self.data);
@@ -2037,6 +2130,13 @@ mod tests {
     use super::*;
 
     use std::sync::atomic::AtomicUsize;
+
+    /// Whether the cell points at a stack frame (or its spill block), not owning it.
+    fn is_stack_in(cell: &FrameCell) -> bool {
+        let raw = cell.raw.get();
+        // SAFETY: the pointer is in the cell, so its owner is alive.
+        raw.addr() & UNOWNED != 0 && unsafe { FrameData::is_stack(untagged(raw)) }
+    }
 
     impl FrameRef<'_> {
         /// The same frame (the same entries in memory).
@@ -2279,7 +2379,7 @@ mod tests {
         cell.set(Frame::EMPTY.with(3, value(30)).with(1, value(10)));
         let before = cell.raw.get();
         stacked(&cell, 2, fresh(20), || {
-            assert_eq!(cell.raw.get().addr() & TAGS, STACK);
+            assert!(is_stack_in(&cell));
             assert_eq!(
                 [1, 2, 3].map(|key| current(&cell, key)),
                 [Some(10), Some(20), Some(30)]
@@ -2331,13 +2431,13 @@ mod tests {
             let (previous, installed) = cell.enter(&resource);
             assert_eq!(current(&cell, 9), Some(90));
             cell.leave(installed, &mut resource, previous);
-            assert_eq!(cell.raw.get().addr() & TAGS, STACK);
+            assert!(is_stack_in(&cell));
             // A poll that enters a storage inside keeps the change for the resource.
             let (previous, installed) = cell.enter(&resource);
             let taken = cell.take();
             cell.set(taken.with(8, value(80)));
             cell.leave(installed, &mut resource, previous);
-            assert_eq!(cell.raw.get().addr() & TAGS, STACK);
+            assert!(is_stack_in(&cell));
             assert!(cell.get().lookup(1).is_some());
         });
         assert!(cell.raw.get().is_null());
@@ -2395,8 +2495,8 @@ mod tests {
         assert!(cell.raw.get().is_null());
         assert!(resource.view().lookup(2).is_some());
         assert_eq!(
-            resource.lent().addr() & TAGS,
-            LENT,
+            resource.lent().addr() & UNOWNED,
+            UNOWNED,
             "a heap frame is tagged"
         );
         // Replaced by the untagged empty frame inside (what `disable` can leave): a change too,
@@ -2498,7 +2598,7 @@ mod tests {
                 let dropped = drops.load(Ordering::SeqCst);
                 stacked(&cell, key, fresh_counted(&drops), || {
                     // On the stack, or spilled past its capacity: a stack frame's pointer.
-                    assert_eq!(cell.raw.get().addr() & TAGS, STACK, "key {key}");
+                    assert!(is_stack_in(&cell), "key {key}");
                     assert_eq!(keys(&cell), expected, "key {key} over {base:?}");
                     for &other in base.iter().filter(|&&k| k != key) {
                         assert_eq!(current(&cell, other), Some(other * 10));
@@ -2524,13 +2624,13 @@ mod tests {
         cell.set((1..=STACK_ENTRIES as u64).fold(Frame::EMPTY, |f, key| f.with(key, value(key))));
         // Replacing an entry still fits; a new one does not.
         stacked(&cell, 1, fresh(100), || {
-            assert_eq!(cell.raw.get().addr() & TAGS, STACK);
+            assert!(is_stack_in(&cell));
             assert_eq!(current(&cell, 1), Some(100));
         });
         let before = cell.raw.get();
         stacked(&cell, 99, fresh_counted(&drops), || {
             // Spilled: still a stack frame's pointer, to its block of entries.
-            assert_eq!(cell.raw.get().addr() & TAGS, STACK);
+            assert!(is_stack_in(&cell));
             assert!(present(&cell, 99));
             let captured = cell.get();
             assert_eq!(captured.view().entries().len(), STACK_ENTRIES + 1);
@@ -2553,6 +2653,56 @@ mod tests {
             .fold(Frame::EMPTY, |frame, key| frame.with(key, value(key)))
     }
 
+    /// Reads the cell's frame at every position hint up to two past its end, for each of
+    /// `keys`: an entry's own position finds it, every other position misses.
+    fn check_hinted_reads(cell: &FrameCell, keys: &[u64]) {
+        let raw = cell.raw.get();
+        // SAFETY: the frame is in the cell; the reads run no code that touches the cell.
+        let frame = unsafe { FrameCell::view(raw) };
+        let hint = PositionHint::new();
+        for position in 0..keys.len() + 2 {
+            hint.set(position);
+            for (at, &key) in keys.iter().enumerate() {
+                let found = frame.lookup_at_hint(key, &hint).map(|entry| entry.key);
+                let expected = (at == position).then_some(key);
+                assert_eq!(found, expected, "key {key} at hint {position} of {keys:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn position_hints_read_exactly_the_entries_of_heap_stack_and_spilled_frames() {
+        let cell = FrameCell::new();
+        check_hinted_reads(&cell, &[]);
+        cell.set(frame_of([2, 4]));
+        check_hinted_reads(&cell, &[2, 4]);
+        // A stack frame's end is marked one less (`STACK_END`); the position just past its
+        // entries still misses, even where an earlier, longer stack frame left a matching key
+        // in the slot.
+        stacked(&cell, 6, fresh(6), || check_hinted_reads(&cell, &[2, 4, 6]));
+        stacked(&cell, 1, fresh(1), || {
+            assert!(is_stack_in(&cell));
+            check_hinted_reads(&cell, &[1, 2, 4]);
+        });
+        cell.set(Frame::EMPTY);
+        stacked(&cell, 1, fresh(1), || check_hinted_reads(&cell, &[1]));
+        cell.set(frame_of(1..=STACK_ENTRIES as u64));
+        let keys: Vec<u64> = (1..=STACK_ENTRIES as u64 + 1).collect();
+        stacked(&cell, STACK_ENTRIES as u64 + 1, fresh(0), || {
+            assert!(is_stack_in(&cell), "a spill block is a stack frame's");
+            check_hinted_reads(&cell, &keys);
+        });
+        // A capture promotes the stack frame; the heap copy reads the same.
+        stacked(&cell, 9, fresh(9), || {
+            drop(cell.capture());
+            assert!(!is_stack_in(&cell));
+            let mut with_nine = keys[..STACK_ENTRIES].to_vec();
+            with_nine.push(9);
+            check_hinted_reads(&cell, &with_nine);
+        });
+        cell.set(Frame::EMPTY);
+    }
+
     fn keys_in(cell: &FrameCell) -> Vec<u64> {
         // SAFETY: collecting the keys runs no code that touches the cell.
         unsafe { cell.peek(|frame| frame.entries().iter().map(|e| e.key).collect()) }
@@ -2567,7 +2717,7 @@ mod tests {
         let before = cell.raw.get();
         for (key, expect_len) in [(1, 11), (7, 11), (8, 10), (21, 11)] {
             stacked(&cell, key, fresh(1000 + key), || {
-                assert_eq!(cell.raw.get().addr() & TAGS, STACK);
+                assert!(is_stack_in(&cell));
                 let keys = keys_in(&cell);
                 assert_eq!(keys.len(), expect_len);
                 assert!(keys.is_sorted(), "{keys:?}");
@@ -2609,7 +2759,7 @@ mod tests {
             let spill = cell.raw.get();
             // A resource's capture promotes it and leaves the copy in the cell.
             let resource = cell.capture();
-            assert_eq!(cell.raw.get().addr() & TAGS, 0);
+            assert_eq!(cell.raw.get().addr() & UNOWNED, 0);
             let first = cell.get();
             let second = cell.get();
             assert!(first.ptr_eq(&second));
