@@ -145,5 +145,36 @@ fn repoll(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, lifecycle, repoll);
+/// The re-polls above through a generic call, the future's type known, as a combinator
+/// (`join!`, `select!`) polls its children: the poll inlines into the loop, so neither side
+/// pays a `dyn` call into a state machine. What remains is the context switch itself (plus
+/// the state machine's jump), which `benches/instructions.rs` counts exactly.
+fn repoll_in_place(c: &mut Criterion) {
+    fn bench<F: Future<Output = ()>>(
+        group: &mut criterion::BenchmarkGroup<'_, criterion::measurement::WallTime>,
+        name: &str,
+        future: F,
+    ) {
+        let mut cx = Context::from_waker(Waker::noop());
+        let mut future = Box::pin(future);
+        group.bench_function(name, |b| {
+            b.iter(|| black_box(future.as_mut().poll(&mut cx)))
+        });
+    }
+    let mut group = c.benchmark_group("re-poll of a pending future, polled in place");
+    bench(&mut group, "plain async fn", plain_forever());
+    bench(
+        &mut group,
+        "tokio task_local scope(u64)",
+        TASK_LOCAL.scope(7, plain_forever()),
+    );
+    bench(
+        &mut group,
+        "#[async_resource], no hook",
+        annotated_forever(),
+    );
+    group.finish();
+}
+
+criterion_group!(benches, lifecycle, repoll, repoll_in_place);
 criterion_main!(benches);
