@@ -1073,8 +1073,8 @@ impl Drop for ResourceFrame {
 /// Tagged [`UNOWNED`], it is a heap frame whose reference belongs to the [`LentFrame`] guard
 /// that tagged it, or to the execution running in it ([`FrameCell::enter`]), or a
 /// [`StackFrame`] (its header says so) owned by [`FrameCell::run_with_entry`]. Either owner is
-/// alive higher up the same thread's stack. Guards and stack frames nest strictly: the cell is thread-local and
-/// `!Send`, and they never leave the function that made them.
+/// alive higher up the same thread's stack. Guards and stack frames nest strictly: the cell is
+/// thread-local and `!Send`, and they never leave the function that made them.
 pub(crate) struct FrameCell {
     raw: Cell<*const FrameData>,
 }
@@ -2028,8 +2028,10 @@ impl StackFrame {
         // the header, then `len` entries, each written once here. The base's entries are
         // bitwise copies, never dropped: they borrow `base`'s references, whose frame outlives
         // the scope (per the caller); the own entry owns `value`'s reference, which
-        // `Spill::release` hands back for the scope to release. `frame` is valid for writes (per the caller); its `promoted` is
-        // written before the block points at it, and the block goes in its unused inline array.
+        // `Spill::release` hands back for the scope to release. `frame` is valid for writes
+        // (per the caller); its `promoted` is written before the block points at it, and the
+        // block goes in its unused inline array. The block's header count stays uninitialised,
+        // as a stack frame's does.
         unsafe {
             let data = Spill::header(block);
             let slots = data.add(1).cast::<Entry>();
