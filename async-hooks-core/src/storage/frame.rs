@@ -594,18 +594,6 @@ impl FrameData {
         }
     }
 
-    /// Whether the frame at `data` (untagged) is a stack frame or a spill block rather than a
-    /// heap frame.
-    ///
-    /// # Safety
-    ///
-    /// `data` must point to a live frame.
-    #[inline(always)]
-    unsafe fn is_stack(data: *const FrameData) -> bool {
-        // SAFETY: per the caller.
-        unsafe { (*data).end & STACK_END != 0 }
-    }
-
     /// The byte offset of entry `index` from the header.
     #[inline(always)]
     const fn entry_offset(index: usize) -> usize {
@@ -971,7 +959,7 @@ impl fmt::Debug for Frame {
 /// The tag bit of a [`FrameCell`] pointer (frames are 8-aligned): the cell does not own the
 /// frame, an owner higher up this thread's stack does: a [`LentFrame`] guard or a running
 /// execution ([`FrameCell::enter`]) for a heap frame, the `run` that built it for a
-/// [`StackFrame`] (told apart by [`FrameData::is_stack`]).
+/// [`StackFrame`] (told apart by [`points_at_stack`]).
 ///
 /// One tag for both, so that a read through a frame owned up the stack tests one bit and
 /// reaches the header at a fixed offset from the tagged pointer: with a tag for each, every
@@ -981,6 +969,19 @@ const UNOWNED: usize = 1;
 #[inline(always)]
 fn untagged(raw: *const FrameData) -> *const FrameData {
     raw.map_addr(|addr| addr & !UNOWNED)
+}
+
+/// Whether the cell pointer `raw` is a stack frame's (or its spill block's), which a capture
+/// promotes, rather than a heap frame's or the empty frame.
+///
+/// # Safety
+///
+/// `raw` must be in a cell, or have been, with its owner still alive.
+#[inline(always)]
+unsafe fn points_at_stack(raw: *const FrameData) -> bool {
+    // SAFETY: per the caller, a tagged pointer's frame is alive (and a tagged one is never
+    // null); its header's `end` is written whatever the frame's kind.
+    raw.addr() & UNOWNED != 0 && unsafe { (*untagged(raw)).end & STACK_END != 0 }
 }
 
 /// A resource's captured frame, kept as the pointer the thread's cell holds while the resource
@@ -1098,7 +1099,7 @@ impl FrameCell {
     unsafe fn cloned(raw: *const FrameData) -> Frame {
         let data = untagged(raw);
         // SAFETY: per the caller, the frame is alive.
-        if raw.addr() & UNOWNED != 0 && unsafe { FrameData::is_stack(data) } {
+        if unsafe { points_at_stack(raw) } {
             // SAFETY: per the caller, the stack frame is alive.
             return unsafe { StackFrame::promote(data) };
         }
@@ -1225,7 +1226,7 @@ impl FrameCell {
     pub(crate) fn get(&self) -> Frame {
         let raw = self.raw.get();
         // SAFETY: the pointer is in the cell, so its owner is alive.
-        if raw.addr() & UNOWNED != 0 && unsafe { FrameData::is_stack(untagged(raw)) } {
+        if unsafe { points_at_stack(raw) } {
             return self.promote_in_place(raw);
         }
         // SAFETY: as above.
@@ -1244,7 +1245,7 @@ impl FrameCell {
         }
         let data = untagged(raw);
         // SAFETY: the pointer is in the cell, so its owner is alive.
-        if raw.addr() & UNOWNED != 0 && unsafe { FrameData::is_stack(data) } {
+        if unsafe { points_at_stack(raw) } {
             return ResourceFrame::new(self.promote_in_place(raw));
         }
         // SAFETY: `data` is a heap frame (not a stack frame, not null) in the cell, so its owner
@@ -2137,7 +2138,7 @@ mod tests {
     fn is_stack_in(cell: &FrameCell) -> bool {
         let raw = cell.raw.get();
         // SAFETY: the pointer is in the cell, so its owner is alive.
-        raw.addr() & UNOWNED != 0 && unsafe { FrameData::is_stack(untagged(raw)) }
+        unsafe { points_at_stack(raw) }
     }
 
     impl FrameRef<'_> {
