@@ -370,6 +370,15 @@ fn shape_run_4_calling(rounds: u64) {
     run_4_calling(&STORE, rounds, may_panic)
 }
 
+/// `run` with three other storages active and an empty closure: the peer of the criterion row
+/// `run with N storages active/async-hooks run/4`, which the target compares with `sync_scope`.
+#[inline(never)]
+fn shape_run_4(rounds: u64) {
+    run_4_calling(&STORE, rounds, || {
+        black_box(());
+    })
+}
+
 static LAST: AsyncLocalStorage<u64> = AsyncLocalStorage::new();
 
 /// The same with a storage whose key sorts after the three others (used first after them): its
@@ -440,6 +449,7 @@ fn main() {
         shape_run,
         shape_tokio_sync_scope,
         shape_run_calling,
+        shape_run_4,
         shape_run_4_calling,
         shape_run_4_calling_last,
         shape_run_16_calling,
