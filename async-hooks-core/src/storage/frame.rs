@@ -1701,15 +1701,13 @@ unsafe fn release_stack_frame<T: Send + Sync + 'static>(
     slot: usize,
     shares: u64,
 ) {
-    // SAFETY: per the caller, the stack frame is initialised.
-    let promoted = unsafe { (*frame).promoted.get() };
-    if !promoted.is_null() {
-        // SAFETY: the stack frame's own reference to its heap copy, released once (the frame
-        // has no `Drop`).
-        return unsafe { release_promoted(promoted, value, slot) };
-    }
-    if let Some(value) = value {
-        if Recycled::shares() == shares {
+    match value {
+        // Nothing on this thread added a reference to any store since the scope began: nor did
+        // a capture promote the stack frame, as its heap copy takes a reference to every store
+        // of the frame, the own one too. So the usual end tests one count, not also `promoted`.
+        Some(value) if Recycled::shares() == shares => {
+            // SAFETY: per the caller, the stack frame is initialised.
+            debug_assert!(unsafe { (*frame).promoted.get() }.is_null());
             // SAFETY: the store was fresh when the scope began (`run_with_entry` takes a
             // `FreshValue`) and nothing on this thread has added a reference to any store
             // since. Only this thread could reach it: through the stack frame (or its spill
@@ -1718,8 +1716,18 @@ unsafe fn release_stack_frame<T: Send + Sync + 'static>(
             // scope.
             // And it is a `T`: the `FreshValue<T>` the scope began with.
             unsafe { value.recycle_unshared::<T>(slot) };
-        } else {
-            value.recycle(slot);
+        }
+        value => {
+            // SAFETY: per the caller, the stack frame is initialised.
+            let promoted = unsafe { (*frame).promoted.get() };
+            if !promoted.is_null() {
+                // SAFETY: the stack frame's own reference to its heap copy, released once (the
+                // frame has no `Drop`).
+                return unsafe { release_promoted(promoted, value, slot) };
+            }
+            if let Some(value) = value {
+                value.recycle(slot);
+            }
         }
     }
 }
