@@ -551,6 +551,9 @@ const STACK_END: u32 = 1;
 
 // Entry offsets and ends are even, so that `STACK_END` changes no hinted read.
 const _: () = assert!(FrameData::entry_offset(0) % 2 == 0 && size_of::<Entry>() % 2 == 0);
+// `FrameData::write_stack` writes both in one store.
+const _: () =
+    assert!(std::mem::offset_of!(FrameData, end) == std::mem::offset_of!(FrameData, len) + 4);
 
 impl FrameData {
     /// The header of a heap frame of `len` entries, with one reference.
@@ -580,18 +583,26 @@ impl FrameData {
 
     /// Writes the header of a stack frame or spill block of `len` entries ending at `end`
     /// (from [`FrameData::entry_offset`] or [`FrameData::checked_end`]). Its count stays
-    /// uninitialised: nothing counts references to it, a store less on every `run`.
+    /// uninitialised: nothing counts references to it, a store less on every `run`. The two
+    /// fields go in one 8-byte store: as two 4-byte stores, `run` over three other storages
+    /// took 4.93 ns instead of 4.33 (5 alternating rounds, `benches/storage.rs`), for three
+    /// instructions less.
     ///
     /// # Safety
     ///
     /// `header` must be valid for writes.
     #[inline(always)]
     unsafe fn write_stack(header: *mut FrameData, len: usize, end: u32) {
-        // SAFETY: per the caller.
-        unsafe {
-            (&raw mut (*header).len).write(len as u32);
-            (&raw mut (*header).end).write(end - STACK_END);
-        }
+        let (len, end) = (u64::from(len as u32), u64::from(end - STACK_END));
+        // `len` then `end` in memory, whatever the byte order.
+        let both = if cfg!(target_endian = "little") {
+            len | end << 32
+        } else {
+            len << 32 | end
+        };
+        // SAFETY: per the caller; `end` follows `len` (asserted below the type). Unaligned: on
+        // 32-bit targets `len` is at offset 4.
+        unsafe { (&raw mut (*header).len).cast::<u64>().write_unaligned(both) };
     }
 
     /// The byte offset of entry `index` from the header.
