@@ -1817,8 +1817,10 @@ const _: () = assert!(size_of::<Spill>() <= size_of::<[MaybeUninit<Entry>; STACK
 const _: () = assert!(align_of::<Spill>() <= align_of::<Entry>());
 
 impl Spill {
-    /// The bytes before the header: the owner pointer.
-    const HEADER: usize = size_of::<*const Cell<*const FrameData>>();
+    /// The bytes before the header: the owner pointer, padded to the header's alignment (on
+    /// 32-bit targets the pointer is 4 bytes and the header is aligned to 8).
+    const HEADER: usize =
+        size_of::<*const Cell<*const FrameData>>().next_multiple_of(align_of::<FrameData>());
     /// The length a stack frame with a spill block has in its own header (a real one is at most
     /// [`STACK_ENTRIES`]).
     const MARK: u32 = u32::MAX;
@@ -2978,14 +2980,15 @@ mod tests {
             assert_eq!((second.data, cached(3)), (data, None));
             second.recycle(3);
             assert_eq!(drops.load(Ordering::SeqCst), 2);
-            let number = Value::new_recycled(7u64, 3).into_value();
+            // (`usize`: pointer-sized and -aligned like `Counted`, on every target.)
+            let number = Value::new_recycled(7usize, 3).into_value();
             assert_eq!(
-                (number.data, number.downcast_ref::<u64>()),
+                (number.data, number.downcast_ref::<usize>()),
                 (data, Some(&7))
             );
             // Shared when released: not recycled, and the other reference still reads it.
-            // SAFETY: the store is a `u64`.
-            let kept = unsafe { number.to_arc::<u64>() };
+            // SAFETY: the store is a `usize`.
+            let kept = unsafe { number.to_arc::<usize>() };
             number.recycle(3);
             assert_eq!((*kept, cached(3)), (7, None));
             drop(kept);
