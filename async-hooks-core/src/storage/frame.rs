@@ -600,7 +600,7 @@ impl FrameData {
         } else {
             len << 32 | end
         };
-        // SAFETY: per the caller; `end` follows `len` (asserted below the type). Unaligned: on
+        // SAFETY: per the caller; `end` follows `len` (asserted after `STACK_END`). Unaligned: on
         // 32-bit targets `len` is at offset 4.
         unsafe { (&raw mut (*header).len).cast::<u64>().write_unaligned(both) };
     }
