@@ -1,6 +1,7 @@
 #![doc = include_str!("../README.md")]
 #![deny(missing_docs)]
 #![forbid(unsafe_code)]
+#![cfg_attr(docsrs, feature(doc_cfg))]
 
 pub use async_hooks_core::*;
 /// `#[async_resource]` makes an `async fn` an async resource created at each call; `bind!` binds a
