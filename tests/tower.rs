@@ -697,3 +697,77 @@ fn a_panicking_handler_leaves_the_thread_clean() {
     assert!(replies[1].is_err(), "{:?}", replies[1].as_ref().map(|_| ()));
     assert!(replies[3].is_err());
 }
+
+#[test]
+fn over_loopback_the_request_is_destroyed_after_its_last_frame_was_sent() {
+    let _serial = serial();
+    let log = Log::default();
+    let frame_log = log.clone();
+    let app = Router::new()
+        .route(
+            "/",
+            get(move || {
+                let frame_log = frame_log.clone();
+                async move {
+                    frame_log.push(format!("handler in {}", execution_async_id()));
+                    let chunks = futures::stream::iter(0..CHUNKS).then(move |k| {
+                        let frame_log = frame_log.clone();
+                        async move {
+                            tokio::task::yield_now().await;
+                            frame_log.push(format!("frame {k} in {}", execution_async_id()));
+                            Ok::<_, Infallible>(format!("{}|", current_id()))
+                        }
+                    });
+                    Body::from_stream(chunks)
+                }
+            }),
+        )
+        .layer(request_id_layer());
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let hook = recorder("h", &log).enable();
+    let destroyed = Arc::new(AtomicUsize::new(0));
+    let d = destroyed.clone();
+    let counter = create_hook(Hooks::new().destroy(move |_| {
+        d.fetch_add(1, Ordering::SeqCst);
+    }))
+    .enable();
+    let events = rt.block_on(async {
+        let addr = serve(app).await;
+        let reply = get_with_id(&client(), addr, "/", Some("wire"))
+            .await
+            .unwrap();
+        assert_eq!(reply.body, "wire|".repeat(CHUNKS));
+        // The server drops the body once it has written the last frame, maybe after the
+        // client has read it: wait for the destroy (or give up after 10 s).
+        for _ in 0..1000 {
+            if destroyed.load(Ordering::SeqCst) > 0 {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        log.take()
+    });
+    hook.disable();
+    counter.disable();
+    let id = events
+        .iter()
+        .find_map(|e| e.strip_prefix("h init HTTPINCOMINGMESSAGE("))
+        .and_then(|rest| rest.split_once(')'))
+        .unwrap_or_else(|| panic!("no request resource: {events:#?}"))
+        .0
+        .to_owned();
+    let position = |line: String| {
+        events
+            .iter()
+            .position(|e| *e == line)
+            .unwrap_or_else(|| panic!("no {line:?} in {events:#?}"))
+    };
+    let handler = position(format!("handler in {id}"));
+    let last_frame = position(format!("frame {} in {id}", CHUNKS - 1));
+    let destroy = position(format!("h destroy {id}"));
+    assert!(handler < last_frame && last_frame < destroy, "{events:#?}");
+}
