@@ -195,6 +195,55 @@ pub fn extract(headers: &HeaderMap) -> Context {
     global::get_text_map_propagator(|propagator| propagator.extract(&HeaderExtractor(headers)))
 }
 
+/// `ScopeLayer::extract_trace_context`: the request's incoming context, current while the
+/// request's resource is created, so that `propagate()`'s `init` stores it on the resource.
+#[cfg(feature = "tower")]
+pub(crate) fn incoming<B>(request: &http::Request<B>) -> ContextGuard {
+    extract(request.headers()).attach()
+}
+
+#[cfg(feature = "tower")]
+impl<T: Send + Sync + 'static, M> crate::tower::ScopeLayer<T, M> {
+    /// Makes the OpenTelemetry context that the request's headers carry (W3C `traceparent`,
+    /// `tracestate`, `baggage`: whatever the globally registered propagator reads) the
+    /// request's context: `opentelemetry::Context::current()` in the handler, its body and
+    /// everything they create, on top of the context of the code that called the service.
+    /// Enables [`propagate()`].
+    ///
+    /// ```
+    /// use async_hooks::AsyncLocalStorage;
+    /// use async_hooks::tower::ScopeLayer;
+    /// use http::{Request, Response};
+    /// use opentelemetry::trace::TraceContextExt;
+    /// use opentelemetry::{Context, global};
+    /// use opentelemetry_sdk::propagation::TraceContextPropagator;
+    /// use tower::{Layer, ServiceExt, service_fn};
+    ///
+    /// static ID: AsyncLocalStorage<u64> = AsyncLocalStorage::new();
+    /// global::set_text_map_propagator(TraceContextPropagator::new());
+    ///
+    /// let handler = service_fn(|_: Request<()>| async {
+    ///     let trace_id = Context::current().span().span_context().trace_id();
+    ///     Ok::<_, std::convert::Infallible>(Response::new(trace_id.to_string()))
+    /// });
+    /// let svc = ScopeLayer::new(&ID, |_: &Request<()>| 1)
+    ///     .extract_trace_context()
+    ///     .layer(handler);
+    /// let req = Request::get("/")
+    ///     .header("traceparent", "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01")
+    ///     .body(())
+    ///     .unwrap();
+    /// let res = futures::executor::block_on(svc.oneshot(req)).unwrap();
+    /// assert_eq!(res.body().get_ref(), "4bf92f3577b34da6a3ce929d0e0e4736");
+    /// ```
+    #[cfg_attr(docsrs, doc(cfg(all(feature = "tower", feature = "opentelemetry"))))]
+    pub fn extract_trace_context(mut self) -> Self {
+        propagate();
+        self.on_request.extract_trace_context = true;
+        self
+    }
+}
+
 struct HeaderInjector<'a>(&'a mut HeaderMap);
 
 impl Injector for HeaderInjector<'_> {

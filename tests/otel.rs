@@ -306,3 +306,62 @@ fn a_hundred_interleaved_requests_on_two_workers_each_in_its_own_trace() {
         }
     }
 }
+
+static REQUEST_NO: async_hooks::AsyncLocalStorage<u64> = async_hooks::AsyncLocalStorage::new();
+
+#[test]
+fn scope_layer_extract_trace_context_makes_the_incoming_context_the_requests() {
+    use tower::{Layer, ServiceExt, service_fn};
+    let _serial = common::serial();
+    let (_provider, tracer, exporter) = setup();
+    let handler = service_fn(move |_: http::Request<()>| {
+        let tracer = tracer.clone();
+        async move {
+            let cx = Context::current_with_span(tracer.start("handler"));
+            let child = {
+                let _current = cx.clone().attach();
+                tokio::spawn(bind!(async move {
+                    tokio::task::yield_now().await;
+                    drop(tracer.start("spawned"));
+                }))
+            };
+            child.await.unwrap();
+            Ok::<_, std::convert::Infallible>(http::Response::new(()))
+        }
+    });
+    let svc = async_hooks::tower::ScopeLayer::new(&REQUEST_NO, |_: &http::Request<()>| 1)
+        .extract_trace_context()
+        .layer(handler);
+    let (trace, remote_span, headers) = incoming(7);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let mut req = http::Request::new(());
+        *req.headers_mut() = headers;
+        let res = tokio::spawn(CheckedPolls(Box::pin(svc.clone().oneshot(req))));
+        res.await.unwrap().unwrap();
+        // No headers: a trace of its own.
+        let res = tokio::spawn(CheckedPolls(Box::pin(svc.oneshot(http::Request::new(())))));
+        res.await.unwrap().unwrap();
+    });
+    let spans = exporter.get_finished_spans().unwrap();
+    assert_eq!(spans.len(), 4);
+    let traced: Vec<_> = spans
+        .iter()
+        .filter(|s| s.span_context.trace_id() == trace)
+        .collect();
+    assert_eq!(traced.len(), 2, "{spans:#?}");
+    let handler = span(&spans, "handler");
+    assert_eq!(handler.span_context.trace_id(), trace);
+    assert_eq!(handler.parent_span_id, remote_span);
+    let spawned = span(&spans, "spawned");
+    assert_eq!(spawned.parent_span_id, handler.span_context.span_id());
+    let untraced: Vec<_> = spans
+        .iter()
+        .filter(|s| s.span_context.trace_id() != trace)
+        .collect();
+    let root = untraced.iter().find(|s| s.name == "handler").unwrap();
+    assert_eq!(root.parent_span_id, SpanId::INVALID, "no header, no parent");
+}
