@@ -178,7 +178,6 @@ impl HookCallbacks for TracingHook {
 /// too (events have them with either formatter).
 ///
 /// [`DefaultFields`]: tracing_subscriber::fmt::format::DefaultFields
-/// [`JsonFields`]: tracing_subscriber::fmt::format::JsonFields
 pub struct StoreFields<N = DefaultFields> {
     names: Vec<&'static str>,
     stores: Vec<Box<dyn ShowStore>>,

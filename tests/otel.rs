@@ -114,26 +114,34 @@ fn the_trace_id_and_baggage_come_from_the_incoming_traceparent() {
     assert_eq!(otel::extract(&out).span().span_context().trace_id(), trace);
 }
 
+fn two_workers() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .build()
+        .unwrap()
+}
+
+/// Starts the span `parent`, and the span `child` in a task spawned (bound) while `parent` is
+/// current.
+async fn parent_and_spawned_child(tracer: SdkTracer, parent: &'static str, child: &'static str) {
+    let cx = Context::current_with_span(tracer.start(parent));
+    let task = {
+        let _current = cx.clone().attach();
+        tokio::spawn(bind!(async move {
+            tokio::task::yield_now().await;
+            drop(tracer.start(child));
+        }))
+    };
+    task.await.unwrap();
+}
+
 #[test]
 fn a_span_in_a_spawned_bound_task_has_the_request_span_as_parent() {
     let _serial = common::serial();
     let (_provider, tracer, exporter) = setup();
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .build()
-        .unwrap();
+    let rt = two_workers();
     rt.block_on(async move {
-        let request = bind!(async move {
-            let cx = Context::current_with_span(tracer.start("request"));
-            let child = {
-                let _current = cx.clone().attach();
-                tokio::spawn(bind!(async move {
-                    tokio::task::yield_now().await;
-                    drop(tracer.start("child"));
-                }))
-            };
-            child.await.unwrap();
-        });
+        let request = parent_and_spawned_child(tracer, "request", "child").bind_context();
         tokio::spawn(CheckedPolls(Box::pin(request))).await.unwrap();
     });
     let spans = exporter.get_finished_spans().unwrap();
@@ -249,10 +257,7 @@ async fn handle(tracer: SdkTracer, i: u64) {
 fn a_hundred_interleaved_requests_on_two_workers_each_in_its_own_trace() {
     let _serial = common::serial();
     let (_provider, tracer, exporter) = setup();
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .build()
-        .unwrap();
+    let rt = two_workers();
     let mut expected = HashMap::new();
     rt.block_on(async {
         let mut requests = Vec::new();
@@ -317,15 +322,7 @@ fn scope_layer_extract_trace_context_makes_the_incoming_context_the_requests() {
     let handler = service_fn(move |_: http::Request<()>| {
         let tracer = tracer.clone();
         async move {
-            let cx = Context::current_with_span(tracer.start("handler"));
-            let child = {
-                let _current = cx.clone().attach();
-                tokio::spawn(bind!(async move {
-                    tokio::task::yield_now().await;
-                    drop(tracer.start("spawned"));
-                }))
-            };
-            child.await.unwrap();
+            parent_and_spawned_child(tracer, "handler", "spawned").await;
             Ok::<_, std::convert::Infallible>(http::Response::new(()))
         }
     });
@@ -333,10 +330,7 @@ fn scope_layer_extract_trace_context_makes_the_incoming_context_the_requests() {
         .extract_trace_context()
         .layer(handler);
     let (trace, remote_span, headers) = incoming(7);
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .build()
-        .unwrap();
+    let rt = two_workers();
     rt.block_on(async {
         let mut req = http::Request::new(());
         *req.headers_mut() = headers;
