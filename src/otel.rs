@@ -37,7 +37,7 @@
 //! ```
 
 use std::cell::RefCell;
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock, Weak};
 
 use http::HeaderMap;
 use http::header::{HeaderName, HeaderValue};
@@ -82,12 +82,30 @@ pub fn propagate() -> AsyncHook {
 /// The context current where a resource was created, in the resource's slot.
 struct Captured(Context);
 
-/// Attached contexts of the resources running on this thread, innermost last. Guards are
-/// `!Send`: they stay on the thread whose `before` made them.
-struct Attached(Vec<(AsyncId, Option<ContextGuard>)>);
+/// This thread's state: the attached contexts of the resources running on it, innermost last
+/// (guards are `!Send`: they stay on the thread whose `before` made them), and the captured
+/// contexts of the resources it ran last.
+struct ThreadState {
+    attached: Vec<(AsyncId, Option<ContextGuard>)>,
+    /// Direct-mapped by id. Weak, so a destroyed resource's context (and its spans) is dropped
+    /// when the resource is, not when the entry is replaced; ids are never reused, so an entry
+    /// can never answer for another resource.
+    recent: [(AsyncId, Weak<Captured>); RECENT],
+}
+
+const RECENT: usize = 8;
 
 thread_local! {
-    static ATTACHED: RefCell<Attached> = const { RefCell::new(Attached(Vec::new())) };
+    static STATE: RefCell<ThreadState> = const {
+        RefCell::new(ThreadState {
+            attached: Vec::new(),
+            recent: [const { (AsyncId::NONE, Weak::new()) }; RECENT],
+        })
+    };
+}
+
+fn recent_slot(async_id: AsyncId) -> usize {
+    async_id.as_u64() as usize % RECENT
 }
 
 struct Propagate;
@@ -98,10 +116,21 @@ impl HookCallbacks for Propagate {
     }
 
     fn before(&self, async_id: AsyncId) {
-        let guard = execution_async_resource()
-            .get::<Captured>()
-            .map(|captured| captured.0.clone().attach());
-        let _ = ATTACHED.try_with(|attached| attached.borrow_mut().0.push((async_id, guard)));
+        // Nothing here drops a context (which could end a span and run an exporter, and so
+        // hooks): the borrow cannot be re-entered.
+        let _ = STATE.try_with(|state| {
+            let state = &mut *state.borrow_mut();
+            let recent = &mut state.recent[recent_slot(async_id)];
+            // A re-poll finds the context here, without the resource's slot lock.
+            let captured = match (recent.0 == async_id).then(|| recent.1.upgrade()) {
+                Some(Some(captured)) => Some(captured),
+                _ => execution_async_resource()
+                    .get::<Captured>()
+                    .inspect(|captured| *recent = (async_id, Arc::downgrade(captured))),
+            };
+            let guard = captured.map(|captured| captured.0.clone().attach());
+            state.attached.push((async_id, guard));
+        });
     }
 
     fn after(&self, async_id: AsyncId) {
@@ -109,14 +138,13 @@ impl HookCallbacks for Propagate {
         // disabled meanwhile) and go too. Guards drop outside the borrow: dropping a context
         // may end a span, and exporting it may run more hooks.
         loop {
-            let top = ATTACHED
-                .try_with(|attached| {
-                    let mut attached = attached.borrow_mut();
-                    let stack = &mut attached.0;
-                    if stack.iter().any(|(id, _)| *id == async_id) {
-                        stack.pop()
-                    } else {
-                        None
+            let top = STATE
+                .try_with(|state| {
+                    let stack = &mut state.borrow_mut().attached;
+                    match stack.last() {
+                        Some((id, _)) if *id == async_id => stack.pop(),
+                        _ if stack.iter().any(|(id, _)| *id == async_id) => stack.pop(),
+                        _ => None,
                     }
                 })
                 .ok()

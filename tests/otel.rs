@@ -359,3 +359,23 @@ fn scope_layer_extract_trace_context_makes_the_incoming_context_the_requests() {
     let root = untraced.iter().find(|s| s.name == "handler").unwrap();
     assert_eq!(root.parent_span_id, SpanId::INVALID, "no header, no parent");
 }
+
+#[test]
+fn a_resource_keeps_its_context_alive_no_longer_than_itself() {
+    let _serial = common::serial();
+    let (_provider, tracer, exporter) = setup();
+    let job = {
+        let _current = Context::current_with_span(tracer.start("held")).attach();
+        AsyncResource::new("Job")
+    };
+    // The resource holds the only reference to the span's context: not ended yet.
+    job.run_in_async_scope(|| assert!(Context::current().has_active_span()));
+    job.run_in_async_scope(|| {});
+    assert!(exporter.get_finished_spans().unwrap().is_empty());
+    // Destroying it ends the span, though this thread polled it last.
+    drop(job);
+    assert_eq!(
+        span(&exporter.get_finished_spans().unwrap(), "held").name,
+        "held"
+    );
+}
