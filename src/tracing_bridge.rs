@@ -169,7 +169,9 @@ impl HookCallbacks for TracingHook {
 /// copy with the same metadata (name, target, level, location, parent) plus the store fields.
 /// Every layer, the formatter included, sees only the copy; its values are copied once (a
 /// `Debug` value as its text). The copy's metadata is made once per call site and kept for the
-/// life of the process (a few bytes per call site that logs while a store is set).
+/// life of the process (a few bytes per call site that logs while a store is set). Records
+/// from the `log` crate (through `tracing-log`) are copied with their `log.*` fields as they
+/// are: `fmt` shows them as fields instead of reading the target and location from them.
 ///
 /// Spans get the fields in their formatted fields (the extension `tracing_subscriber::fmt`
 /// renders as `span{…}`), written with the field formatter `N`: the default
@@ -357,11 +359,13 @@ impl<N> StoreFields<N> {
             .iter()
             .map(|store| store.as_deref().map(tracing::field::display))
             .collect();
-        let mut values: Vec<Option<&dyn Value>> = copied
-            .values
-            .iter()
-            .map(|v| v.as_ref().map(Owned::as_value))
-            .collect();
+        let mut values: Vec<Option<&dyn Value>> = Vec::with_capacity(rewrite.meta.fields().len());
+        values.extend(
+            copied
+                .values
+                .iter()
+                .map(|v| v.as_ref().map(Owned::as_value)),
+        );
         values.resize(rewrite.meta.fields().len(), None);
         for (slot, display) in rewrite.store_slots.iter().zip(&displays) {
             if let (Some(slot), Some(display)) = (slot, display) {
