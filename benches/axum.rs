@@ -182,12 +182,15 @@ fn median(values: &mut [f64]) -> f64 {
 struct Args {
     rounds: usize,
     requests: u64,
+    /// `--in-process-only`: skip the loopback rounds (for profiling).
+    in_process_only: bool,
 }
 
 fn parse_args() -> Args {
     let mut args = Args {
         rounds: 9,
         requests: 5_000,
+        in_process_only: false,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -199,6 +202,7 @@ fn parse_args() -> Args {
                     .and_then(|v| v.parse().ok())
                     .expect("--requests N")
             }
+            "--in-process-only" => args.in_process_only = true,
             // `cargo bench` passes `--bench`; `cargo test --benches` passes nothing else.
             _ => {}
         }
@@ -215,13 +219,20 @@ fn main() {
         ("ScopeLayer", scope_app),
         ("task_local! middleware", task_local_app),
     ];
+    if !args.in_process_only {
+        loopback(&args, &apps);
+    }
+    in_process(&args, &apps);
+}
+
+fn loopback(args: &Args, apps: &[App]) {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .unwrap();
     let rates = rt.block_on(async {
         let mut addrs = Vec::new();
-        for (_, app) in &apps {
+        for (_, app) in apps {
             addrs.push(serve(app()).await);
         }
         let client: Client<HttpConnector, Full<Bytes>> =
@@ -241,11 +252,13 @@ fn main() {
     });
     report(
         &format!("axum over loopback, concurrency {CONCURRENCY}"),
-        &args,
-        &apps,
+        args,
+        apps,
         rates,
     );
+}
 
+fn in_process(args: &Args, apps: &[App]) {
     let local = tokio::runtime::Builder::new_current_thread()
         .build()
         .unwrap();
@@ -266,8 +279,8 @@ fn main() {
     });
     report(
         "axum in process (Router::oneshot, one thread, 10x the requests)",
-        &args,
-        &apps,
+        args,
+        apps,
         rates,
     );
 }
