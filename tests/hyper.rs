@@ -294,3 +294,51 @@ fn the_executor_binds_what_it_is_given_where_it_is_given() {
     assert_eq!(format!("{copy:?}"), format!("{exec:?}"));
     let _default: BindingExecutor<TokioExecutor> = BindingExecutor::default();
 }
+
+#[test]
+fn bare_hyper_serves_a_scope_layered_tower_service() {
+    let _serial = serial();
+    let rt = runtime();
+    let bodies = rt.block_on(async {
+        let service = tower::ServiceBuilder::new()
+            .layer(ScopeLayer::new(&REQUEST_ID, |req: &Request<Incoming>| {
+                req.uri().path().trim_start_matches('/').to_owned()
+            }))
+            .service(tower::service_fn(|_req: Request<Incoming>| async {
+                let chunks = futures::stream::iter(0..2).then(|_| async {
+                    tokio::task::yield_now().await;
+                    Ok::<_, Infallible>(request_id())
+                });
+                Ok::<_, Infallible>(Response::new(Body::from_stream(chunks)))
+            }));
+        let service = TowerToHyperService::new(service);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            loop {
+                let (stream, _) = listener.accept().await.unwrap();
+                let service = service.clone();
+                tokio::spawn(async move {
+                    let conn = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), service);
+                    let _ = conn.await;
+                });
+            }
+        });
+        let client: Client<HttpConnector, Full<Bytes>> =
+            Client::builder(TokioExecutor::new()).build_http();
+        let requests = (0..20).map(|i| {
+            let client = client.clone();
+            async move {
+                let uri = format!("http://{addr}/bare-{i}");
+                let res = client.get(uri.parse().unwrap()).await.unwrap();
+                let body = res.into_body().collect().await.unwrap().to_bytes();
+                (i, String::from_utf8(body.to_vec()).unwrap())
+            }
+        });
+        futures::future::join_all(requests).await
+    });
+    for (i, body) in bodies {
+        assert_eq!(body, format!("bare-{i}bare-{i}"));
+    }
+}

@@ -771,3 +771,30 @@ fn over_loopback_the_request_is_destroyed_after_its_last_frame_was_sent() {
     let destroy = position(format!("h destroy {id}"));
     assert!(handler < last_frame && last_frame < destroy, "{events:#?}");
 }
+
+#[test]
+fn trailers_are_made_in_the_request_too() {
+    let _serial = serial();
+    let svc = request_id_layer().layer(service_fn(|_req: Request<Body>| async {
+        let frames = futures::stream::iter(0..2).map(|k| {
+            Ok::<_, Infallible>(if k == 0 {
+                Frame::data(Bytes::from(current_id()))
+            } else {
+                let mut trailers = http::HeaderMap::new();
+                trailers.insert("x-id", current_id().parse().unwrap());
+                Frame::trailers(trailers)
+            })
+        });
+        Ok::<_, Infallible>(Response::new(StreamBody::new(frames)))
+    }));
+    let req = Request::get("/")
+        .header("x-request-id", "t")
+        .body(Body::empty())
+        .unwrap();
+    let collected = futures::executor::block_on(async {
+        let body = svc.oneshot(req).await.unwrap().into_body();
+        body.collect().await.unwrap()
+    });
+    assert_eq!(collected.trailers().unwrap()["x-id"], "t");
+    assert_eq!(collected.to_bytes(), "t");
+}
