@@ -798,3 +798,20 @@ fn trailers_are_made_in_the_request_too() {
     assert_eq!(collected.trailers().unwrap()["x-id"], "t");
     assert_eq!(collected.to_bytes(), "t");
 }
+
+/// Middleware that answers by itself (a timeout, a CORS preflight) needs `Default` bodies.
+fn default_body<B: Default>() -> B {
+    B::default()
+}
+
+#[test]
+fn a_default_body_is_empty_and_belongs_to_no_request() {
+    let _serial = serial();
+    let log = Log::default();
+    let hook = recorder("h", &log).enable();
+    let body: ScopeBody<Full<Bytes>> = default_body();
+    assert!(format!("{body:?}").contains("async_id: None"), "{body:?}");
+    assert_eq!(frames(body), Vec::<String>::new());
+    hook.disable();
+    assert_eq!(log.take(), Vec::<String>::new());
+}
