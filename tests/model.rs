@@ -1,13 +1,13 @@
 //! Model-based property test: random programs of storage operations, snapshots, resources and
 //! bound futures (polled in random order, on this thread or another one, some cancelled) run
-//! against the library and against a small reference model of SPEC.md's semantics. After every
+//! against the library and against a small reference model of the semantics in `docs/semantics.md`. After every
 //! step the test compares every storage's `get_store()`, `execution_async_id()`,
 //! `trigger_async_id()` and the hook event log with the model's.
 //!
 //! 2 000 cases by default; `ASYNC_HOOKS_MODEL_CASES=N` runs N. A failure shrinks to a minimal
 //! program (the strategy is built from proptest combinators only).
 
-mod common;
+mod support;
 
 use std::collections::HashSet;
 use std::future::Future;
@@ -683,7 +683,7 @@ fn recording_hook() -> async_hooks::AsyncHook {
 
 #[test]
 fn random_programs_match_the_reference_model() {
-    let _serial = common::serial();
+    let _serial = support::serial();
     let hook = recording_hook().enable();
     let config = ProptestConfig {
         cases: cases(),

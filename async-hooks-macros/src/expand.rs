@@ -187,10 +187,9 @@ pub(crate) fn async_resource(args: TokenStream, item: TokenStream) -> syn::Resul
     );
     fn_body.set_span(brace.join());
     // Like a plain `async fn`'s, the call only builds the future. Inlinable (also across
-    // crates), the caller builds it where it is then polled; out of line, LLVM often built it in
-    // a temporary and copied it there, with 16-byte loads of fields just written with 8-byte
-    // stores: a store-forwarding stall that was most of a lifecycle's time (BENCHMARKS.md). The
-    // user's own choice wins.
+    // crates), the caller builds it where it is then polled instead of copying it out of a
+    // temporary (a store-forwarding stall); the `lifecycle` rows of benches/macros.rs guard it.
+    // The user's own choice wins.
     let user_inlining = attrs
         .iter()
         .any(|attr| attr.path().is_ident("inline") || attr.path().is_ident("cold"));
