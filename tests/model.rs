@@ -8,12 +8,12 @@
 //! program (the strategy is built from proptest combinators only).
 
 mod support;
+use support::futures::{YieldOnce, poll_once};
 
 use std::collections::HashSet;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
-use std::task::{Context, Poll, Waker};
 
 use async_hooks::{
     AsyncId, AsyncLocalStorage, AsyncResource, BindContext, Hooks, Snapshot, async_resource, bind,
@@ -327,25 +327,6 @@ async fn annotated_body(
     scoped_body(sh, model, polls, scope).await
 }
 
-/// Pending once, then ready.
-struct YieldOnce(bool);
-
-impl Future for YieldOnce {
-    type Output = ();
-    fn poll(mut self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<()> {
-        if self.0 {
-            Poll::Ready(())
-        } else {
-            self.0 = true;
-            Poll::Pending
-        }
-    }
-}
-
-fn poll_once(fut: &mut BoxFuture) -> Poll<()> {
-    fut.as_mut().poll(&mut Context::from_waker(Waker::noop()))
-}
-
 fn on_other_thread<R: Send>(f: impl FnOnce() -> R + Send) -> R {
     std::thread::scope(|scope| match scope.spawn(f).join() {
         Ok(r) => r,
@@ -518,11 +499,11 @@ fn exec_step(sh: &Arc<Shared>, step: &Step, frame: &mut MFrame, ids: Ids) {
                 sh.expect(Ev::Before, live.id);
                 let (poll, returned) = if *other_thread {
                     on_other_thread(move || {
-                        let poll = poll_once(&mut live.fut);
+                        let poll = poll_once(live.fut.as_mut());
                         (poll, live)
                     })
                 } else {
-                    (poll_once(&mut live.fut), live)
+                    (poll_once(live.fut.as_mut()), live)
                 };
                 let mut live = returned;
                 live.polls_left -= 1;
