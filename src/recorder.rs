@@ -643,8 +643,10 @@ impl Trace {
 
     /// The trigger tree of [`Trace::to_dot`] laid out and drawn as an SVG image, in-process (no
     /// Graphviz needed): one box `Type(id)` per resource, an arrow trigger → resource, left to
-    /// right from `ROOT(1)`. Layout takes time that grows faster than linearly with the number of
-    /// resources: meant for a few hundred resources, not a whole production trace.
+    /// right from `ROOT(1)`. Up to 100 resources the layout also reorders the nodes so that
+    /// edges do not cross, which takes time that grows about as the cube of the number of
+    /// resources; above that it skips this step (edges may cross) and stays fast. For a whole
+    /// production trace, render [`Trace::to_dot`] with Graphviz instead.
     ///
     /// ```
     /// use async_hooks::{AsyncResource, Recorder, create_hook};
@@ -657,7 +659,8 @@ impl Trace {
     /// assert!(svg.contains(&format!("Job({})", job.async_id())));
     /// ```
     pub fn to_svg(&self) -> String {
-        render_svg(&self.to_dot())
+        let resources = self.type_names().len();
+        render_svg(&self.to_dot(), resources > SVG_UNCROSSED_MAX)
     }
 
     /// The trigger tree in Graphviz DOT: one node `n<id>` labelled `Type(id)` per resource whose
@@ -719,8 +722,12 @@ impl Trace {
     }
 }
 
+/// Above this many resources, [`Trace::to_svg`] skips the edge-crossing reduction, whose time
+/// grows about as the cube of the node count.
+const SVG_UNCROSSED_MAX: usize = 100;
+
 /// Lays out and draws a DOT graph written by [`Trace::to_dot`].
-fn render_svg(dot: &str) -> String {
+fn render_svg(dot: &str, skip_crossing_reduction: bool) -> String {
     use layout::backends::svg::SVGWriter;
     use layout::gv::{DotParser, GraphBuilder};
 
@@ -732,7 +739,7 @@ fn render_svg(dot: &str) -> String {
     builder.visit_graph(&ast);
     let mut graph = builder.get();
     let mut svg = SVGWriter::new();
-    graph.do_it(false, false, false, &mut svg);
+    graph.do_it(false, skip_crossing_reduction, false, &mut svg);
     svg.finalize()
 }
 
@@ -804,6 +811,59 @@ mod tests {
     #[test]
     fn dot_strings_are_escaped() {
         assert_eq!(dot_string("a\"b\\"), "\"a\\\"b\\\\\"");
+    }
+
+    #[test]
+    fn svg_renders_an_empty_trace_and_unknown_triggers() {
+        let empty = Trace::default().to_svg();
+        assert!(empty.contains(">ROOT(1)</tspan>"), "{empty}");
+        // A trigger whose `init` was dropped from the ring, and the dropped count in the label.
+        let trace = Trace {
+            events: vec![Event {
+                kind: EventKind::Init {
+                    type_name: "Job",
+                    trigger_async_id: AsyncId::from_u64(7),
+                },
+                async_id: AsyncId::from_u64(9),
+                time: Duration::ZERO,
+                thread: 1,
+            }],
+            dropped: 3,
+            thread_names: BTreeMap::new(),
+        };
+        let svg = trace.to_svg();
+        assert!(svg.contains(">Job(9)</tspan>"), "{svg}");
+        assert!(svg.contains(">?(7)</tspan>"), "{svg}");
+    }
+
+    #[test]
+    fn svg_draws_every_resource_of_a_large_trace() {
+        let n = SVG_UNCROSSED_MAX as u64 * 3;
+        let events = (0..n)
+            .map(|i| Event {
+                kind: EventKind::Init {
+                    type_name: "Job",
+                    trigger_async_id: AsyncId::from_u64(if i < 5 { 1 } else { 2 + i / 3 }),
+                },
+                async_id: AsyncId::from_u64(2 + i),
+                time: Duration::ZERO,
+                thread: 1,
+            })
+            .collect();
+        let trace = Trace {
+            events,
+            dropped: 0,
+            thread_names: BTreeMap::new(),
+        };
+        let svg = trace.to_svg();
+        assert_eq!(svg.matches("<rect").count() as u64, n);
+        for i in 0..n {
+            assert!(
+                svg.contains(&format!(">Job({})</tspan>", 2 + i)),
+                "Job({})",
+                2 + i
+            );
+        }
     }
 
     #[test]
