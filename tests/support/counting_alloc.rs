@@ -1,7 +1,6 @@
 //! A global allocator that counts, per thread, the allocations made and the bytes still held.
 //! Included by the test binaries that measure allocations; each declares it as its
 //! `#[global_allocator]`.
-#![allow(dead_code)] // each binary reads only some of the counters
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
