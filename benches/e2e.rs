@@ -11,7 +11,8 @@
 //!
 //! `cargo bench --bench e2e` runs it all. Environment: `E2E_ROUNDS` (default 7), `E2E_N`
 //! (default `2000,100000`), `E2E_RUNTIMES` (default `current,multi`), `E2E_TASKS` (default
-//! 200000), `E2E_NODE=0` to leave Node out. A quick run: `E2E_ROUNDS=1 E2E_N=2000 E2E_TASKS=20000`.
+//! 200000), `E2E_NODE=0` to leave Node out, `E2E_ALLOCS=0` the allocation pass, `E2E_VARIANTS`
+//! (names, comma-separated; for profiling one). A quick run: `E2E_ROUNDS=1 E2E_N=2000 E2E_TASKS=20000`.
 
 #[path = "../tests/common/counting_alloc.rs"]
 mod counting_alloc;
@@ -418,9 +419,22 @@ fn main() {
         })
         .collect();
     let with_node = std::env::var("E2E_NODE").map_or(true, |v| v != "0");
+    let with_allocs = std::env::var("E2E_ALLOCS").map_or(true, |v| v != "0");
+    let chosen: Vec<Variant> = match std::env::var("E2E_VARIANTS") {
+        Ok(names) => names
+            .split(',')
+            .map(|name| {
+                *VARIANTS
+                    .iter()
+                    .find(|v| v.name() == name.trim())
+                    .unwrap_or_else(|| panic!("E2E_VARIANTS: unknown variant {name}"))
+            })
+            .collect(),
+        Err(_) => VARIANTS.to_vec(),
+    };
 
     println!("future sizes (spawned; request resource):");
-    for variant in VARIANTS {
+    for &variant in &chosen {
         let (spawned, inner) = variant.future_sizes();
         println!("  {:<16} {spawned:>4} B  {inner:>4} B", variant.name());
     }
@@ -430,16 +444,16 @@ fn main() {
         .map(|&f| (f, f.builder().build().expect("tokio runtime")))
         .collect();
     // samples[runtime][n][variant][round], in tasks/s; node[n] = (plain, als) per round.
-    let mut samples = vec![vec![vec![Vec::new(); VARIANTS.len()]; ns.len()]; runtimes.len()];
+    let mut samples = vec![vec![vec![Vec::new(); chosen.len()]; ns.len()]; runtimes.len()];
     let mut node: Vec<Vec<(f64, f64)>> = vec![Vec::new(); ns.len()];
     // Round 0 warms up (caches, the runtimes' queues, the allocator) and is not kept.
     for round in 0..=rounds {
         for (r, (_, rt)) in runtimes.iter().enumerate() {
             for (i, &n) in ns.iter().enumerate() {
                 let reps = (tasks / n).max(1);
-                for k in 0..VARIANTS.len() {
-                    let v = (k + round) % VARIANTS.len();
-                    let elapsed = sample(rt, VARIANTS[v], n, reps);
+                for k in 0..chosen.len() {
+                    let v = (k + round) % chosen.len();
+                    let elapsed = sample(rt, chosen[v], n, reps);
                     if round > 0 {
                         samples[r][i][v].push((n * reps) as f64 / elapsed.as_secs_f64());
                     }
@@ -457,10 +471,8 @@ fn main() {
     }
     eprintln!();
 
-    let task_local = VARIANTS
-        .iter()
-        .position(|&v| v == Variant::TaskLocal)
-        .unwrap();
+    // Without `task_local` in the run, the ratio column is left empty.
+    let task_local = chosen.iter().position(|&v| v == Variant::TaskLocal);
     println!(
         "\nmedian of {rounds} alternating rounds, about {tasks} tasks per sample; ratio: median of each round's ratio to task_local"
     );
@@ -470,13 +482,16 @@ fn main() {
     );
     for (r, (flavor, _)) in runtimes.iter().enumerate() {
         for (i, &n) in ns.iter().enumerate() {
-            for (v, variant) in VARIANTS.iter().enumerate() {
+            for (v, variant) in chosen.iter().enumerate() {
                 let mut rates = samples[r][i][v].clone();
-                let mut ratios: Vec<f64> = samples[r][i][v]
-                    .iter()
-                    .zip(&samples[r][i][task_local])
-                    .map(|(a, b)| a / b)
-                    .collect();
+                let mut ratios: Vec<f64> = match task_local {
+                    Some(t) => samples[r][i][v]
+                        .iter()
+                        .zip(&samples[r][i][t])
+                        .map(|(a, b)| a / b)
+                        .collect(),
+                    None => vec![f64::NAN],
+                };
                 println!(
                     "{:<16} {:>7} {:<16} {:>12.0} {:>7.3}x",
                     flavor.name(),
@@ -507,14 +522,18 @@ fn main() {
         );
     }
 
+    if !with_allocs {
+        return;
+    }
     println!("\nallocations per task (all threads; second batch of a fresh runtime)");
     println!(
-        "{:<16} {:>7} {:<16} {:>10} {:>10} {:>12}",
-        "runtime", "N", "variant", "allocs", "bytes", "live bytes"
+        "{:<16} {:>7} {:<16} {:>8} {:>12} {:>8} {:>12}",
+        "runtime", "N", "variant", "allocs", "-task_local", "bytes", "live bytes"
     );
     for &flavor in &flavors {
         for &n in &ns {
-            for variant in VARIANTS {
+            let baseline = allocations_per_task(flavor, Variant::TaskLocal, n).0;
+            for &variant in &chosen {
                 let (allocs, bytes) = allocations_per_task(flavor, variant, n);
                 let live = if flavor == Flavor::Current {
                     format!("{:>12.1}", live_bytes_per_task(variant, n))
@@ -522,11 +541,12 @@ fn main() {
                     format!("{:>12}", "-")
                 };
                 println!(
-                    "{:<16} {:>7} {:<16} {:>10.2} {:>10.1} {live}",
+                    "{:<16} {:>7} {:<16} {:>8.2} {:>+12.2} {:>8.1} {live}",
                     flavor.name(),
                     n,
                     variant.name(),
                     allocs,
+                    allocs - baseline,
                     bytes
                 );
             }
