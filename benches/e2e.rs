@@ -6,7 +6,8 @@
 //! a nested async fn that reads it once more. A sample spawns N requests from a task, awaits
 //! them all, and repeats until about `E2E_TASKS` tasks have run. Rounds alternate the variants
 //! (the order rotates each round); the table gives the median tasks/s and the median of each
-//! round's ratio to `task_local`. An untimed pass then counts allocations per task (all threads
+//! round's ratio to `task_local`, by wall-clock time and by the CPU time the process used (which
+//! leaves out waits for a core on a loaded machine). An untimed pass then counts allocations per task (all threads
 //! of the runtime) and the bytes held per spawned, still pending task.
 //!
 //! `cargo bench --bench e2e` runs it all. Environment: `E2E_ROUNDS` (default 7), `E2E_N`
@@ -246,10 +247,24 @@ async fn batch(variant: Variant, n: u64, handles: &mut Vec<JoinHandle<u64>>) {
     );
 }
 
-/// Runs `reps` batches of `n` requests from a task of `rt`; returns the time they took.
-fn sample(rt: &Runtime, variant: Variant, n: u64, reps: u64) -> Duration {
+/// CPU time used so far by all of this process's threads, in ns (Linux's per-thread
+/// `schedstat`; `None` elsewhere). On a loaded machine it leaves out the time the runtime's
+/// threads waited for a core, which wall-clock time does not.
+fn cpu_ns() -> Option<u64> {
+    let mut total = 0;
+    for task in std::fs::read_dir("/proc/self/task").ok()? {
+        let stat = std::fs::read_to_string(task.ok()?.path().join("schedstat")).ok()?;
+        total += stat.split_whitespace().next()?.parse::<u64>().ok()?;
+    }
+    Some(total)
+}
+
+/// Runs `reps` batches of `n` requests from a task of `rt`; returns the wall-clock time they
+/// took and the CPU time the process used meanwhile.
+fn sample(rt: &Runtime, variant: Variant, n: u64, reps: u64) -> (Duration, Option<u64>) {
     with_hook(variant, n * reps, || {
-        rt.block_on(async move {
+        let cpu = cpu_ns();
+        let wall = rt.block_on(async move {
             tokio::spawn(async move {
                 let mut handles = Vec::with_capacity(n as usize);
                 let start = Instant::now();
@@ -260,7 +275,8 @@ fn sample(rt: &Runtime, variant: Variant, n: u64, reps: u64) -> Duration {
             })
             .await
             .expect("the driver panicked")
-        })
+        });
+        (wall, cpu.zip(cpu_ns()).map(|(a, b)| b - a))
     })
 }
 
@@ -443,7 +459,8 @@ fn main() {
         .iter()
         .map(|&f| (f, f.builder().build().expect("tokio runtime")))
         .collect();
-    // samples[runtime][n][variant][round], in tasks/s; node[n] = (plain, als) per round.
+    // samples[runtime][n][variant][round]: tasks per second of wall-clock and of CPU time;
+    // node[n] = (plain, als) per round.
     let mut samples = vec![vec![vec![Vec::new(); chosen.len()]; ns.len()]; runtimes.len()];
     let mut node: Vec<Vec<(f64, f64)>> = vec![Vec::new(); ns.len()];
     // Round 0 warms up (caches, the runtimes' queues, the allocator) and is not kept.
@@ -453,9 +470,13 @@ fn main() {
                 let reps = (tasks / n).max(1);
                 for k in 0..chosen.len() {
                     let v = (k + round) % chosen.len();
-                    let elapsed = sample(rt, chosen[v], n, reps);
+                    let (wall, cpu) = sample(rt, chosen[v], n, reps);
+                    let per_second = |seconds: f64| (n * reps) as f64 / seconds;
                     if round > 0 {
-                        samples[r][i][v].push((n * reps) as f64 / elapsed.as_secs_f64());
+                        samples[r][i][v].push((
+                            per_second(wall.as_secs_f64()),
+                            cpu.map_or(f64::NAN, |ns| per_second(ns as f64 / 1e9)),
+                        ));
                     }
                 }
             }
@@ -471,34 +492,37 @@ fn main() {
     }
     eprintln!();
 
-    // Without `task_local` in the run, the ratio column is left empty.
     let task_local = chosen.iter().position(|&v| v == Variant::TaskLocal);
     println!(
-        "\nmedian of {rounds} alternating rounds, about {tasks} tasks per sample; ratio: median of each round's ratio to task_local"
+        "\nmedian of {rounds} alternating rounds, about {tasks} tasks per sample; ratios: median of each round's ratio to task_local, by wall-clock and by CPU time"
     );
     println!(
-        "{:<16} {:>7} {:<16} {:>12} {:>8}",
-        "runtime", "N", "variant", "tasks/s", "ratio"
+        "{:<16} {:>7} {:<16} {:>12} {:>8} {:>9}",
+        "runtime", "N", "variant", "tasks/s", "ratio", "cpu ratio"
     );
     for (r, (flavor, _)) in runtimes.iter().enumerate() {
         for (i, &n) in ns.iter().enumerate() {
             for (v, variant) in chosen.iter().enumerate() {
-                let mut rates = samples[r][i][v].clone();
-                let mut ratios: Vec<f64> = match task_local {
-                    Some(t) => samples[r][i][v]
-                        .iter()
-                        .zip(&samples[r][i][t])
-                        .map(|(a, b)| a / b)
-                        .collect(),
-                    None => vec![f64::NAN],
+                let ours = &samples[r][i][v];
+                let mut rates: Vec<f64> = ours.iter().map(|s| s.0).collect();
+                let ratio = |pick: fn(&(f64, f64)) -> f64| match task_local {
+                    Some(t) => median(
+                        &mut ours
+                            .iter()
+                            .zip(&samples[r][i][t])
+                            .map(|(a, b)| pick(a) / pick(b))
+                            .collect::<Vec<_>>(),
+                    ),
+                    None => f64::NAN,
                 };
                 println!(
-                    "{:<16} {:>7} {:<16} {:>12.0} {:>7.3}x",
+                    "{:<16} {:>7} {:<16} {:>12.0} {:>7.3}x {:>8.3}x",
                     flavor.name(),
                     n,
                     variant.name(),
                     median(&mut rates),
-                    median(&mut ratios)
+                    ratio(|s| s.0),
+                    ratio(|s| s.1)
                 );
             }
         }
