@@ -7,13 +7,16 @@
 //! them all, and repeats until about `E2E_TASKS` tasks have run. Rounds alternate the variants
 //! (the order rotates each round); the table gives the median tasks/s and the median of each
 //! round's ratio to `task_local`, by wall-clock time and by the CPU time the process used (which
-//! leaves out waits for a core on a loaded machine). An untimed pass then counts allocations per task (all threads
-//! of the runtime) and the bytes held per spawned, still pending task.
+//! leaves out waits for a core on a loaded machine). An untimed pass then counts allocations per
+//! task (all threads of the runtime) and the bytes held per spawned, still pending task. The
+//! counting allocator is the global one in the timed rounds too: a thread-local increment per
+//! allocation, for every variant alike.
 //!
 //! `cargo bench --bench e2e` runs it all. Environment: `E2E_ROUNDS` (default 7), `E2E_N`
 //! (default `2000,100000`), `E2E_RUNTIMES` (default `current,multi`), `E2E_TASKS` (default
 //! 200000), `E2E_NODE=0` to leave Node out, `E2E_ALLOCS=0` the allocation pass, `E2E_VARIANTS`
-//! (names, comma-separated; for profiling one). A quick run: `E2E_ROUNDS=1 E2E_N=2000 E2E_TASKS=20000`.
+//! (names, comma-separated; for profiling one). A quick run:
+//! `E2E_ROUNDS=1 E2E_N=2000 E2E_TASKS=20000 cargo bench --bench e2e`.
 
 #[path = "../tests/common/counting_alloc.rs"]
 mod counting_alloc;
