@@ -2,7 +2,7 @@
 //! connection that spawned them, over loopback with a real HTTP/2 client; with a plain executor
 //! (the control) they carry nothing.
 
-mod common;
+mod support;
 
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -17,7 +17,6 @@ use async_hooks::{AsyncId, AsyncLocalStorage, BindContext, execution_async_resou
 use axum::Router;
 use axum::body::Body;
 use axum::routing::get;
-use common::serial;
 use futures::StreamExt;
 use http::{Request, Response};
 use http_body_util::{BodyExt, Full};
@@ -28,6 +27,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use hyper_util::service::TowerToHyperService;
+use support::serial;
 use tokio::net::TcpStream;
 
 /// The number of the connection being served.

@@ -2,7 +2,7 @@
 //! loopback with a real HTTP client, and through tower services driven by hand where the order
 //! of events must be exact.
 
-mod common;
+mod support;
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -23,7 +23,6 @@ use axum::Router;
 use axum::body::Body;
 use axum::http::{Request, Response, StatusCode};
 use axum::routing::get;
-use common::{Log, recorder, serial};
 use futures::StreamExt;
 use http_body::{Body as _, Frame};
 use http_body_util::{BodyExt, Full, StreamBody};
@@ -31,6 +30,7 @@ use hyper::body::Bytes;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
+use support::{Log, recorder, serial};
 use tower::{Layer, Service, ServiceBuilder, ServiceExt, service_fn};
 
 static REQUEST_ID: AsyncLocalStorage<String> = AsyncLocalStorage::new().with_name("request-id");

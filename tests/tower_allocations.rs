@@ -13,11 +13,9 @@ use http_body_util::{BodyExt, Empty, StreamBody};
 use hyper::body::Bytes;
 use tower::{Layer, Service, ServiceExt, service_fn};
 
-#[path = "common/futures.rs"]
-mod test_futures;
-
-#[path = "common/counting_alloc.rs"]
-mod counting_alloc;
+mod support;
+use support::counting_alloc;
+use support::futures::YieldOnce;
 
 #[global_allocator]
 static ALLOCATOR: counting_alloc::Counting = counting_alloc::Counting;
@@ -53,8 +51,8 @@ fn handler() -> impl Service<
     Future = impl Send,
 > + Clone {
     service_fn(|_req: Request<Empty<Bytes>>| async {
-        test_futures::YieldOnce(false).await;
-        test_futures::YieldOnce(false).await;
+        YieldOnce(false).await;
+        YieldOnce(false).await;
         let frames = futures::stream::iter(0..3)
             .map(|_| Ok::<_, Infallible>(Frame::data(Bytes::from_static(b"x"))));
         Ok::<_, Infallible>(Response::new(StreamBody::new(frames)))
