@@ -14,3 +14,9 @@ pub use recorder::Recorder;
 pub mod tracing_bridge;
 #[cfg(feature = "tracing")]
 pub use tracing_bridge::TracingHook;
+#[cfg(feature = "hyper")]
+#[cfg_attr(docsrs, doc(cfg(feature = "hyper")))]
+pub mod hyper;
+#[cfg(feature = "tower")]
+#[cfg_attr(docsrs, doc(cfg(feature = "tower")))]
+pub mod tower;
