@@ -22,6 +22,11 @@ static HYPER_TASK: ResourceType = ResourceType::new("HyperTask");
 /// that spawned it; its polls see the stores of that moment (on any worker thread), and
 /// `destroy` fires when it is dropped.
 ///
+/// On a server, hyper spawns each HTTP/2 stream from its connection's task, so the streams see
+/// the connection's context. On a client, a pooled connection's task is spawned by the request
+/// that opened the connection and keeps that request's context for the connection's life: give
+/// the client a plain executor unless that is what you want.
+///
 /// ```
 /// use async_hooks::AsyncLocalStorage;
 /// use async_hooks::hyper::BindingExecutor;

@@ -308,7 +308,7 @@ where
         }));
         // An error ends the request here (the resource is dropped: `destroy`); a response
         // carries it on in its body.
-        let resource = this.resource.take().expect("checked above");
+        let resource = this.resource.take();
         Poll::Ready(result.map(|response| {
             response.map(|body| ScopeBody {
                 body: Some(body),
@@ -366,13 +366,16 @@ pin_project! {
         #[pin]
         body: Option<B>,
         // Dropped after the body: `destroy` comes after its last frame and its destructors.
-        resource: AsyncResource,
+        // `None` only for a default (empty) body, made outside every request.
+        resource: Option<AsyncResource>,
     }
 
     impl<B> PinnedDrop for ScopeBody<B> {
         fn drop(this: Pin<&mut Self>) {
             let mut this = this.project();
-            this.resource.run_in_async_scope(|| this.body.set(None));
+            if let Some(resource) = this.resource.as_ref() {
+                resource.run_in_async_scope(|| this.body.set(None));
+            }
         }
     }
 }
@@ -400,6 +403,17 @@ impl<B> ScopeBody<B> {
     }
 }
 
+/// An empty body outside every request, for middleware that makes its own responses (a
+/// timeout, a CORS preflight) around a [`ScopeService`].
+impl<B: Default> Default for ScopeBody<B> {
+    fn default() -> Self {
+        ScopeBody {
+            body: Some(B::default()),
+            resource: None,
+        }
+    }
+}
+
 impl<B: Body> Body for ScopeBody<B> {
     type Data = B::Data;
     type Error = B::Error;
@@ -412,7 +426,10 @@ impl<B: Body> Body for ScopeBody<B> {
         let Some(body) = this.body.as_pin_mut() else {
             return Poll::Ready(None);
         };
-        this.resource.run_in_async_scope(|| body.poll_frame(cx))
+        match this.resource.as_ref() {
+            Some(resource) => resource.run_in_async_scope(|| body.poll_frame(cx)),
+            None => body.poll_frame(cx),
+        }
     }
 
     fn is_end_stream(&self) -> bool {
@@ -429,7 +446,10 @@ impl<B: Body> Body for ScopeBody<B> {
 impl<B> fmt::Debug for ScopeBody<B> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("ScopeBody")
-            .field("async_id", &self.resource.async_id())
+            .field(
+                "async_id",
+                &self.resource.as_ref().map(AsyncResource::async_id),
+            )
             .finish_non_exhaustive()
     }
 }

@@ -2,7 +2,7 @@
 //! connection that spawned them, over loopback with a real HTTP/2 client; with a plain executor
 //! (the control) they carry nothing.
 
-mod common;
+mod support;
 
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -17,7 +17,6 @@ use async_hooks::{AsyncId, AsyncLocalStorage, BindContext, execution_async_resou
 use axum::Router;
 use axum::body::Body;
 use axum::routing::get;
-use common::serial;
 use futures::StreamExt;
 use http::{Request, Response};
 use http_body_util::{BodyExt, Full};
@@ -28,6 +27,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use hyper_util::service::TowerToHyperService;
+use support::serial;
 use tokio::net::TcpStream;
 
 /// The number of the connection being served.
@@ -293,4 +293,52 @@ fn the_executor_binds_what_it_is_given_where_it_is_given() {
     let copy = exec.clone();
     assert_eq!(format!("{copy:?}"), format!("{exec:?}"));
     let _default: BindingExecutor<TokioExecutor> = BindingExecutor::default();
+}
+
+#[test]
+fn bare_hyper_serves_a_scope_layered_tower_service() {
+    let _serial = serial();
+    let rt = runtime();
+    let bodies = rt.block_on(async {
+        let service = tower::ServiceBuilder::new()
+            .layer(ScopeLayer::new(&REQUEST_ID, |req: &Request<Incoming>| {
+                req.uri().path().trim_start_matches('/').to_owned()
+            }))
+            .service(tower::service_fn(|_req: Request<Incoming>| async {
+                let chunks = futures::stream::iter(0..2).then(|_| async {
+                    tokio::task::yield_now().await;
+                    Ok::<_, Infallible>(request_id())
+                });
+                Ok::<_, Infallible>(Response::new(Body::from_stream(chunks)))
+            }));
+        let service = TowerToHyperService::new(service);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            loop {
+                let (stream, _) = listener.accept().await.unwrap();
+                let service = service.clone();
+                tokio::spawn(async move {
+                    let conn = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), service);
+                    let _ = conn.await;
+                });
+            }
+        });
+        let client: Client<HttpConnector, Full<Bytes>> =
+            Client::builder(TokioExecutor::new()).build_http();
+        let requests = (0..20).map(|i| {
+            let client = client.clone();
+            async move {
+                let uri = format!("http://{addr}/bare-{i}");
+                let res = client.get(uri.parse().unwrap()).await.unwrap();
+                let body = res.into_body().collect().await.unwrap().to_bytes();
+                (i, String::from_utf8(body.to_vec()).unwrap())
+            }
+        });
+        futures::future::join_all(requests).await
+    });
+    for (i, body) in bodies {
+        assert_eq!(body, format!("bare-{i}bare-{i}"));
+    }
 }

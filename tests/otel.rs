@@ -5,7 +5,7 @@
 //! `cargo test --test otel`
 #![cfg(feature = "opentelemetry")]
 
-mod common;
+mod support;
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -20,9 +20,7 @@ use opentelemetry::{Context, KeyValue, global};
 use opentelemetry_sdk::propagation::{BaggagePropagator, TraceContextPropagator};
 use opentelemetry_sdk::trace::{InMemorySpanExporter, SdkTracer, SdkTracerProvider, SpanData};
 
-#[path = "common/futures.rs"]
-mod test_futures;
-use test_futures::{YieldOnce, poll_to_ready};
+use support::futures::{YieldOnce, poll_to_ready};
 
 /// The provider must outlive the checks: its shutdown (when the last handle goes) clears the
 /// in-memory exporter.
@@ -81,7 +79,7 @@ fn span<'a>(spans: &'a [SpanData], name: &str) -> &'a SpanData {
 
 #[test]
 fn the_trace_id_and_baggage_come_from_the_incoming_traceparent() {
-    let _serial = common::serial();
+    let _serial = support::serial();
     let (_provider, tracer, exporter) = setup();
     let (trace, remote_span, headers) = incoming(1);
     let request = {
@@ -137,7 +135,7 @@ async fn parent_and_spawned_child(tracer: SdkTracer, parent: &'static str, child
 
 #[test]
 fn a_span_in_a_spawned_bound_task_has_the_request_span_as_parent() {
-    let _serial = common::serial();
+    let _serial = support::serial();
     let (_provider, tracer, exporter) = setup();
     let rt = two_workers();
     rt.block_on(async move {
@@ -158,7 +156,7 @@ struct Marker(u32);
 
 #[test]
 fn nothing_stays_attached_after_a_poll_and_inside_it_is_the_creators_context() {
-    let _serial = common::serial();
+    let _serial = support::serial();
     otel::propagate();
     let job = {
         let _current = Context::current_with_value(Marker(1)).attach();
@@ -211,7 +209,7 @@ fn nothing_stays_attached_after_a_poll_and_inside_it_is_the_creators_context() {
 
 #[test]
 fn propagate_is_one_hook_per_process() {
-    let _serial = common::serial();
+    let _serial = support::serial();
     let (first, second) = (otel::propagate(), otel::propagate());
     assert!(first.is_enabled() && second.is_enabled());
     let job = || {
@@ -255,7 +253,7 @@ async fn handle(tracer: SdkTracer, i: u64) {
 
 #[test]
 fn a_hundred_interleaved_requests_on_two_workers_each_in_its_own_trace() {
-    let _serial = common::serial();
+    let _serial = support::serial();
     let (_provider, tracer, exporter) = setup();
     let rt = two_workers();
     let mut expected = HashMap::new();
@@ -317,7 +315,7 @@ static REQUEST_NO: async_hooks::AsyncLocalStorage<u64> = async_hooks::AsyncLocal
 #[test]
 fn scope_layer_extract_trace_context_makes_the_incoming_context_the_requests() {
     use tower::{Layer, ServiceExt, service_fn};
-    let _serial = common::serial();
+    let _serial = support::serial();
     let (_provider, tracer, exporter) = setup();
     let handler = service_fn(move |_: http::Request<()>| {
         let tracer = tracer.clone();
@@ -362,7 +360,7 @@ fn scope_layer_extract_trace_context_makes_the_incoming_context_the_requests() {
 
 #[test]
 fn a_resource_keeps_its_context_alive_no_longer_than_itself() {
-    let _serial = common::serial();
+    let _serial = support::serial();
     let (_provider, tracer, exporter) = setup();
     let job = {
         let _current = Context::current_with_span(tracer.start("held")).attach();

@@ -4,7 +4,7 @@
 //! `cargo test --test store_fields`
 #![cfg(feature = "tracing")]
 
-mod common;
+mod support;
 
 use std::io::Write;
 use std::sync::{Arc, Mutex};
@@ -101,7 +101,7 @@ async fn request(req: u64) {
 
 #[test]
 fn every_line_of_200_concurrent_requests_carries_its_own_request_id() {
-    let _serial = common::serial();
+    let _serial = support::serial();
     let out = Captured::default();
     let dispatch = text_dispatch(&out);
     let on_workers = dispatch.clone();
@@ -139,7 +139,7 @@ fn every_line_of_200_concurrent_requests_carries_its_own_request_id() {
 
 #[test]
 fn text_shows_the_store_unquoted_after_the_events_fields_and_nothing_when_absent() {
-    let _serial = common::serial();
+    let _serial = support::serial();
     let out = Captured::default();
     tracing::dispatcher::with_default(&text_dispatch(&out), || {
         info!("before");
@@ -183,7 +183,7 @@ fn text_shows_the_store_unquoted_after_the_events_fields_and_nothing_when_absent
 
 #[test]
 fn json_has_the_key_on_events_and_spans_and_keeps_typed_values() {
-    let _serial = common::serial();
+    let _serial = support::serial();
     let out = Captured::default();
     let dispatch = Dispatch::new(
         tracing_subscriber::registry()
@@ -228,7 +228,7 @@ fn json_has_the_key_on_events_and_spans_and_keeps_typed_values() {
 
 #[test]
 fn level_and_target_are_kept_and_per_layer_filters_still_apply() {
-    let _serial = common::serial();
+    let _serial = support::serial();
     let out = Captured::default();
     let dispatch = Dispatch::new(
         tracing_subscriber::registry()

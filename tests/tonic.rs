@@ -3,7 +3,7 @@
 //! write it (no `protoc` needed): `tonic::server::Grpc` with `tonic_prost::ProstCodec` and
 //! hand-derived `prost::Message`s.
 
-mod common;
+mod support;
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -12,7 +12,7 @@ use std::task::{Context, Poll};
 
 use async_hooks::tower::ScopeLayer;
 use async_hooks::{AsyncLocalStorage, async_resource, bind};
-use common::serial;
+use support::serial;
 use tonic::server::NamedService;
 use tonic::transport::server::TcpIncoming;
 use tonic::transport::{Channel, Endpoint, Server};

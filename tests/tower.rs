@@ -2,7 +2,7 @@
 //! loopback with a real HTTP client, and through tower services driven by hand where the order
 //! of events must be exact.
 
-mod common;
+mod support;
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -23,7 +23,6 @@ use axum::Router;
 use axum::body::Body;
 use axum::http::{Request, Response, StatusCode};
 use axum::routing::get;
-use common::{Log, recorder, serial};
 use futures::StreamExt;
 use http_body::{Body as _, Frame};
 use http_body_util::{BodyExt, Full, StreamBody};
@@ -31,6 +30,7 @@ use hyper::body::Bytes;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
+use support::{Log, recorder, serial};
 use tower::{Layer, Service, ServiceBuilder, ServiceExt, service_fn};
 
 static REQUEST_ID: AsyncLocalStorage<String> = AsyncLocalStorage::new().with_name("request-id");
@@ -770,4 +770,48 @@ fn over_loopback_the_request_is_destroyed_after_its_last_frame_was_sent() {
     let last_frame = position(format!("frame {} in {id}", CHUNKS - 1));
     let destroy = position(format!("h destroy {id}"));
     assert!(handler < last_frame && last_frame < destroy, "{events:#?}");
+}
+
+#[test]
+fn trailers_are_made_in_the_request_too() {
+    let _serial = serial();
+    let svc = request_id_layer().layer(service_fn(|_req: Request<Body>| async {
+        let frames = futures::stream::iter(0..2).map(|k| {
+            Ok::<_, Infallible>(if k == 0 {
+                Frame::data(Bytes::from(current_id()))
+            } else {
+                let mut trailers = http::HeaderMap::new();
+                trailers.insert("x-id", current_id().parse().unwrap());
+                Frame::trailers(trailers)
+            })
+        });
+        Ok::<_, Infallible>(Response::new(StreamBody::new(frames)))
+    }));
+    let req = Request::get("/")
+        .header("x-request-id", "t")
+        .body(Body::empty())
+        .unwrap();
+    let collected = futures::executor::block_on(async {
+        let body = svc.oneshot(req).await.unwrap().into_body();
+        body.collect().await.unwrap()
+    });
+    assert_eq!(collected.trailers().unwrap()["x-id"], "t");
+    assert_eq!(collected.to_bytes(), "t");
+}
+
+/// Middleware that answers by itself (a timeout, a CORS preflight) needs `Default` bodies.
+fn default_body<B: Default>() -> B {
+    B::default()
+}
+
+#[test]
+fn a_default_body_is_empty_and_belongs_to_no_request() {
+    let _serial = serial();
+    let log = Log::default();
+    let hook = recorder("h", &log).enable();
+    let body: ScopeBody<Full<Bytes>> = default_body();
+    assert!(format!("{body:?}").contains("async_id: None"), "{body:?}");
+    assert_eq!(frames(body), Vec::<String>::new());
+    hook.disable();
+    assert_eq!(log.take(), Vec::<String>::new());
 }
