@@ -96,6 +96,14 @@ static HTTP_INCOMING_MESSAGE: ResourceType = ResourceType::new("HTTPINCOMINGMESS
 pub struct ScopeLayer<T: 'static, M> {
     storage: &'static AsyncLocalStorage<T>,
     make: M,
+    pub(crate) on_request: OnRequest,
+}
+
+/// What else happens when a request's resource is created (`extract_trace_context`).
+#[derive(Clone, Copy, Default)]
+pub(crate) struct OnRequest {
+    #[cfg(feature = "opentelemetry")]
+    pub(crate) extract_trace_context: bool,
 }
 
 impl<T: Send + Sync + 'static, M> ScopeLayer<T, M> {
@@ -118,7 +126,11 @@ impl<T: Send + Sync + 'static, M> ScopeLayer<T, M> {
     where
         M: Clone,
     {
-        ScopeLayer { storage, make }
+        ScopeLayer {
+            storage,
+            make,
+            on_request: OnRequest::default(),
+        }
     }
 }
 
@@ -127,6 +139,7 @@ impl<T: 'static, M: Clone> Clone for ScopeLayer<T, M> {
         ScopeLayer {
             storage: self.storage,
             make: self.make.clone(),
+            on_request: self.on_request,
         }
     }
 }
@@ -147,6 +160,7 @@ impl<S, T: 'static, M: Clone> Layer<S> for ScopeLayer<T, M> {
             inner,
             storage: self.storage,
             make: self.make.clone(),
+            on_request: self.on_request,
         }
     }
 }
@@ -172,6 +186,7 @@ pub struct ScopeService<S, T: 'static, M> {
     inner: S,
     storage: &'static AsyncLocalStorage<T>,
     make: M,
+    on_request: OnRequest,
 }
 
 impl<S: Clone, T: 'static, M: Clone> Clone for ScopeService<S, T, M> {
@@ -180,6 +195,7 @@ impl<S: Clone, T: 'static, M: Clone> Clone for ScopeService<S, T, M> {
             inner: self.inner.clone(),
             storage: self.storage,
             make: self.make.clone(),
+            on_request: self.on_request,
         }
     }
 }
@@ -210,6 +226,11 @@ where
 
     fn call(&mut self, req: Request<B>) -> ResponseFuture<S::Future> {
         let store = (self.make)(&req);
+        #[cfg(feature = "opentelemetry")]
+        let _incoming = self
+            .on_request
+            .extract_trace_context
+            .then(|| crate::otel::incoming(&req));
         // The resource captures the context with the store in it: the future's polls and the
         // body's share it by moving the resource, with no allocation of their own.
         let resource = self

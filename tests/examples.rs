@@ -301,3 +301,23 @@ fn hooks_trace_prints_the_indented_trace() {
     assert!(lines.iter().any(|l| l.starts_with("destroy:  ")));
     assert!(lines.iter().any(|l| l.contains(">>> timer fired in ")));
 }
+
+#[test]
+fn observability_every_line_has_its_request_id_and_every_span_its_callers_trace() {
+    let run = run_example("observability", &["--requests", "16"]);
+    assert_eq!(run.code, Some(0), "stderr: {}", run.stderr);
+    let lines = run.lines();
+    assert_eq!(lines.len(), 16 * 3 + 1, "{lines:#?}");
+    for line in &lines[..48] {
+        assert!(line.starts_with(" INFO "), "{line}");
+        let id = line
+            .split_once(" request_id=")
+            .unwrap_or_else(|| panic!("no request_id: {line}"))
+            .1;
+        assert!(line.contains(&format!(" n={id} ")), "{line}");
+    }
+    assert_eq!(
+        lines[48],
+        "requests: 16, log lines: 48, spans: 48 in 16 traces, mismatches: 0"
+    );
+}
