@@ -14,6 +14,7 @@
 
 mod context;
 mod error;
+mod execution;
 mod future;
 mod hooks;
 mod id;

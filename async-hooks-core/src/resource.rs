@@ -8,11 +8,12 @@ use std::ptr::{self, NonNull};
 use std::sync::atomic::{AtomicPtr, AtomicU32, AtomicUsize, Ordering};
 use std::sync::{Arc, LazyLock, Mutex, PoisonError};
 
-use crate::context::{Entered, ThreadState, with_state};
+use crate::context::{ThreadState, with_state};
 use crate::error::{Error, ErrorKind};
+use crate::execution;
 use crate::hooks::{self, Kind};
 use crate::id::{self, AsyncId};
-use crate::storage::ResourceFrame;
+use crate::storage::CapturedFrame;
 
 /// A resource type (Node's "provider"): a name with a stable numeric id, registered in
 /// [`async_wrap_providers`] the first time a resource of that type is created.
@@ -795,7 +796,7 @@ pub struct AsyncResource {
     /// resource is shared (`&self`, `Sync`), and every thread must see the same handle.
     identity: Identity,
     /// The storage frame captured at creation; each scope starts from it.
-    frame: ResourceFrame,
+    frame: CapturedFrame,
     /// [`DESTROYED`] and [`MANUAL_DESTROY`], in one word-sized field: a resource is often moved
     /// right after it is made (into an `Arc`, a `Result`, a struct), and a copy with word-sized
     /// loads of fields written a byte at a time stalls the CPU's store forwarding.
@@ -906,10 +907,7 @@ impl AsyncResource {
         with_state(|state| {
             // Each scope starts from the captured frame, used in place (no clone): what the
             // code inside enters ends with the scope.
-            let entered = Entered::<true, false>::enter_scope(state, &self.identity, &self.frame);
-            let result = f();
-            entered.leave();
-            result
+            execution::scope(state, &self.identity, &self.frame, f)
         })
     }
 
