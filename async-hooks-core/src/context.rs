@@ -2,6 +2,14 @@
 //! and the storage frame. `crate::execution` switches both for the length of a call to enter a
 //! resource, putting them back also on panic.
 //!
+//! # Safety
+//!
+//! The thread state is a `const`-initialised thread-local with no destructor, so a reference to
+//! it is valid for as long as any code of its thread runs. Its running-identity pointer is
+//! `ROOT_IDENTITY` or an identity that an [`AsCurrent`] borrows for an execution entered higher
+//! up this thread's stack; the frame module calls its `enter` and `leave` in pairs, strictly
+//! nested, so the pointer is put back before that borrow ends.
+//!
 //! The thread's state is a `const`-initialised `thread_local!` with no destructor, so reaching it
 //! compiles to a plain thread-pointer-relative access: no lazy registration, no "already
 //! destroyed" check, and it stays usable while the thread's other locals are torn down. Entering

@@ -1,4 +1,11 @@
 //! Instrumented futures: a future that is an async resource.
+//!
+//! # Safety
+//!
+//! [`Instrumented`] projects its pin by hand: of [`Running`]'s fields only `future` is
+//! structurally pinned, polled and dropped in place and never moved; it is dropped exactly once,
+//! which the identity's finished flag records, and the identity and frame are dropped by hand
+//! once after it (`Ending`).
 
 use std::fmt;
 use std::future::Future;

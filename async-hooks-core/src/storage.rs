@@ -613,7 +613,8 @@ struct LiveGuards {
 
 /// A guard's slot in [`LiveGuards`].
 struct ListedGuard {
-    /// When the guard was made, as a [`mark_share`]: after every scope that began before it.
+    /// When the guard was made, a tick of the thread's guard clock: after every scope that
+    /// began before it.
     created: u64,
     /// The address of the storage's key cell, which stays put while the guard borrows it.
     storage: usize,
@@ -671,7 +672,7 @@ impl LiveGuards {
             .unwrap_or(UNLISTED)
     }
 
-    /// A scope of `storage` (`None`: of every storage) that began at `since` ([`share_count`])
+    /// A scope of `storage` (`None`: of every storage) that began at `since` (the guard clock)
     /// ends in `state`'s execution: the guards made inside it and still alive end with it. Only
     /// marks them (it runs while the scope puts its frame back): what they hold is released when
     /// they are dropped, or by the next guard's drop.

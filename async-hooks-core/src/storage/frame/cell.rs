@@ -1,5 +1,6 @@
 //! The thread's cell: the current frame as one tagged pointer, and what lends it, captures it
-//! and enters an execution's frame.
+//! and enters an execution's frame. The states of the pointer and the invariants this relies on
+//! (1, 2 and 6) are at the top of the `frame` module.
 
 use std::cell::Cell;
 use std::fmt;
@@ -11,13 +12,13 @@ use std::sync::Arc;
 use super::*;
 
 /// The tag bit of a [`CurrentFrame`] pointer (frames are 8-aligned): the cell does not own the
-/// frame, an owner higher up this thread's stack does: a [`LendGuard`] guard or a running
-/// execution ([`CurrentFrame::enter`]) for a heap frame, the `run` that built it for a
+/// frame, an owner higher up this thread's stack does: a [`LendGuard`] or an entered execution
+/// ([`CurrentFrame::enter_keeping`]) for a heap frame, the `run` that built it for a
 /// [`StackFrame`] (told apart by [`points_at_stack`]).
 ///
 /// One tag for both, so that a read through a frame owned up the stack tests one bit and
-/// reaches the header at a fixed offset from the tagged pointer: with a tag for each, every
-/// read also copied, masked and subtracted the tag (2 instructions more).
+/// reaches the header at a fixed offset from the tagged pointer, with no tag to copy, mask and
+/// subtract (`shape_with_store_in_run`).
 pub(super) const UNOWNED: usize = 1;
 
 #[inline(always)]
@@ -123,13 +124,11 @@ impl Drop for CapturedFrame {
 /// whoever leaves a frame in a thread's cell past every scope registers
 /// `storage::release_at_thread_exit`.
 ///
-/// It holds a raw frame pointer: null for the empty frame, which owns nothing and is never
-/// tagged. Untagged and not null, it is a heap frame whose reference the cell owns.
-/// Tagged [`UNOWNED`], it is a heap frame whose reference belongs to the [`LendGuard`] guard
-/// that tagged it, or to the execution running in it ([`CurrentFrame::enter`]), or a
-/// [`StackFrame`] (its header says so) owned by [`CurrentFrame::run_with_entry`]. Either owner is
-/// alive higher up the same thread's stack. Guards and stack frames nest strictly: the cell is
-/// thread-local and `!Send`, and they never leave the function that made them.
+/// It holds one raw frame pointer, in one of the states of the table at the top of the `frame`
+/// module: null (the empty frame), untagged (a heap frame whose reference the cell owns), or
+/// tagged [`UNOWNED`] (a frame whose owner is alive higher up this thread's stack: a
+/// [`LendGuard`], an entered execution, or the `run` of a [`StackFrame`] or its spill block,
+/// which its header tells apart).
 pub(crate) struct CurrentFrame {
     pub(super) raw: Cell<*const FrameHeader>,
 }

@@ -1,5 +1,6 @@
 //! Heap frames: a header and its sorted entries in one allocation, shared by reference
-//! counting, and the borrowed view that reads any frame.
+//! counting, and the borrowed view that reads any frame. Relies on invariants 2, 4 and 6 at the
+//! top of the `frame` module.
 
 use std::alloc::{Layout, alloc, dealloc, handle_alloc_error};
 use std::fmt;
@@ -25,11 +26,10 @@ pub(super) const LINEAR_SCAN_MAX: usize = 8;
 /// An immutable storage context: a thin pointer to one allocation of a [`FrameHeader`] header
 /// followed by its entries, shared by reference counting (null: the empty frame).
 ///
-/// Thin on purpose: frames go in and out of the thread's `Cell`s on every poll and
-/// read, and a 16-byte fat pointer there costs store-forwarding stalls that dominated
-/// `get_store` in the benchmarks (see BENCHMARKS.md). One allocation with the entries inline, so
-/// that a read goes from the thread's pointer straight to the entry: no pointer to a separate
-/// entry array to load first.
+/// Thin on purpose: frames go in and out of the thread's `Cell`s on every poll and read, where
+/// a 16-byte fat pointer costs store-forwarding stalls. One allocation with the entries inline,
+/// so that a read goes from the thread's pointer straight to the entry: no pointer to a
+/// separate entry array to load first.
 #[derive(Default)]
 pub(crate) struct SharedFrame(pub(super) Option<NonNull<FrameHeader>>);
 
@@ -89,9 +89,8 @@ impl FrameHeader {
     /// Writes the header of a stack frame or spill block of `len` entries ending at `end`
     /// (from [`FrameHeader::entry_offset`] or [`FrameHeader::checked_end`]). Its count stays
     /// uninitialised: nothing counts references to it, a store less on every `run`. The two
-    /// fields go in one 8-byte store: as two 4-byte stores, `run` over three other storages
-    /// took 4.93 ns instead of 4.33 (5 alternating rounds, `benches/storage.rs`), for three
-    /// instructions less.
+    /// fields go in one 8-byte store, which two 4-byte ones are slower than although they take
+    /// fewer instructions (`run/4` in `benches/storage.rs`).
     ///
     /// # Safety
     ///

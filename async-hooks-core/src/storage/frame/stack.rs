@@ -1,5 +1,6 @@
 //! Stack frames: the frame of a synchronous scope (`run`, `exit`, a `Scope` poll), built on
-//! the scope's own stack, or with its entries in a spill block when they are too many.
+//! the scope's own stack, or with its entries in a spill block when they are too many. Relies
+//! on invariants 1, 3 and 5 at the top of the `frame` module.
 
 use std::alloc::{Layout, alloc, dealloc, handle_alloc_error};
 use std::cell::Cell;
@@ -574,10 +575,8 @@ impl StackFrame {
         // The (sorted) base entries below the key are copied one by one while looking for the
         // key's place, then the own entry (over the key's old entry, if any), then the rest in
         // one copy of a fixed size per count, which LLVM turns into moves (a copy loop would
-        // become a `memcpy` call). The earlier single pass tested each entry against the key,
-        // the capacity and an `Option` holding the own entry: a `run` over three entries cost
-        // 150 instructions where its entry sorts first, now 129 (132 and 125 where it sorts
-        // last; `benches/instructions.rs`, 100 000 rounds).
+        // become a `memcpy` call), with no test of the capacity or of the own entry per entry
+        // (`shape_run_4_calling`, `shape_run_4_calling_last`).
         //
         // SAFETY: `frame` is valid for writes (per the caller). The slots written are within
         // `inline`: the first loop writes at most as many as the base has (at most
@@ -654,10 +653,9 @@ impl StackFrame {
     /// [`StackFrame::init`] for a frame too large for the stack: its entries go to a [`SpillBlock`]
     /// block on the heap, and the stack frame keeps the block. The base's entries are bitwise
     /// copies, as on the stack (no reference counted, however many there are); the own entry
-    /// takes `value` over, so that `run` keeps no store across this call (when it kept one, the
-    /// store went to memory on every `run`: 1 to 3 instructions more a `run` in
-    /// `benches/instructions.rs`). Returns the cell pointer for the block, tagged [`UNOWNED`] like
-    /// a stack frame's.
+    /// takes `value` over, so that `run` keeps no store across this call (one kept would go to
+    /// memory on every `run`). Returns the cell pointer for the block, tagged [`UNOWNED`] like a
+    /// stack frame's.
     ///
     /// # Safety
     ///

@@ -1,5 +1,6 @@
 //! Stores as frames hold them: storage keys, the type-erased `Arc` of a store, and the
-//! thread's cache of store allocations.
+//! thread's cache of store allocations. Relies on invariants 4 and 5 at the top of the `frame`
+//! module.
 
 use std::any::TypeId;
 use std::cell::Cell;
