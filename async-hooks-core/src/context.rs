@@ -151,7 +151,8 @@ impl GuardClock {
 /// Makes an identity the running resource's while an execution's frame is entered (see
 /// `crate::execution`), and puts the previous one back when it is left.
 pub(crate) struct AsCurrent<'a> {
-    state: &'a ThreadState,
+    // No thread state kept: it is two instructions to recompute, and one register fewer is
+    // held across the execution.
     identity: &'a Identity,
     /// The running identity before; set by `enter`.
     previous: *const Identity,
@@ -159,9 +160,8 @@ pub(crate) struct AsCurrent<'a> {
 
 impl<'a> AsCurrent<'a> {
     #[inline(always)]
-    pub(crate) fn new(state: &'a ThreadState, identity: &'a Identity) -> AsCurrent<'a> {
+    pub(crate) fn new(identity: &'a Identity) -> AsCurrent<'a> {
         AsCurrent {
-            state,
             identity,
             previous: ptr::null(),
         }
@@ -171,14 +171,14 @@ impl<'a> AsCurrent<'a> {
 impl AroundFrame for AsCurrent<'_> {
     #[inline(always)]
     fn enter(&mut self, _: &Switching) {
-        self.previous = self.state.current.replace(self.identity);
+        self.previous = thread_state().current.replace(self.identity);
     }
 
     #[inline(always)]
     fn leave(self, _: &Switching) {
         // The frame module calls `leave` once after `enter`, and strictly nested: `previous`
         // is the identity of the execution this one runs inside.
-        self.state.current.set(self.previous);
+        thread_state().current.set(self.previous);
     }
 }
 

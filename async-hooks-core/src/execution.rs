@@ -23,7 +23,7 @@ pub(crate) fn poll<R>(
     frame: &mut CapturedFrame,
     f: impl FnOnce() -> R,
 ) -> R {
-    let around = Execution::<WithHooks>::new(state, identity);
+    let around = Execution::<WithHooks>::new(identity);
     state.frame.enter_keeping(frame, around, f)
 }
 
@@ -35,7 +35,7 @@ pub(crate) fn drop_inside<R>(
     frame: &mut CapturedFrame,
     f: impl FnOnce() -> R,
 ) -> R {
-    let around = Execution::<Silently>::new(state, identity);
+    let around = Execution::<Silently>::new(identity);
     state.frame.enter_keeping(frame, around, f)
 }
 
@@ -48,7 +48,7 @@ pub(crate) fn scope<R>(
     frame: &CapturedFrame,
     f: impl FnOnce() -> R,
 ) -> R {
-    let around = Execution::<WithHooks>::new(state, identity);
+    let around = Execution::<WithHooks>::new(identity);
     state.frame.enter_scope(frame, around, f)
 }
 
@@ -80,9 +80,9 @@ struct Execution<'a, H: Hooks> {
 
 impl<'a, H: Hooks> Execution<'a, H> {
     #[inline(always)]
-    fn new(state: &'a ThreadState, identity: &'a Identity) -> Execution<'a, H> {
+    fn new(identity: &'a Identity) -> Execution<'a, H> {
         Execution {
-            current: AsCurrent::new(state, identity),
+            current: AsCurrent::new(identity),
             _hooks: PhantomData,
         }
     }
