@@ -288,7 +288,7 @@ impl CurrentFrame {
     /// A new reference to the current frame (O(1): one refcount increment, none when empty).
     /// (The library captures with [`CurrentFrame::capture`]; the tests look at frames with this.)
     #[cfg(test)]
-    pub(crate) fn get(&self) -> SharedFrame {
+    pub(super) fn get(&self) -> SharedFrame {
         let raw = self.raw.get();
         // SAFETY: the pointer is in the cell, so its owner is alive.
         if unsafe { points_at_stack(raw) } {
@@ -639,7 +639,7 @@ impl<C: OnChange, A: AroundFrame> Drop for Entered<'_, C, A> {
 }
 
 /// The guard of [`CurrentFrame::lend`].
-pub(crate) struct LendGuard<'a> {
+pub(super) struct LendGuard<'a> {
     pub(super) cell: &'a CurrentFrame,
     /// The lent frame (untagged). When `lender`, this guard owns its strong reference (taken
     /// from the cell); otherwise its owner is further up the stack.
@@ -651,7 +651,7 @@ pub(crate) struct LendGuard<'a> {
 impl LendGuard<'_> {
     /// The frame that was current when the guard was made.
     #[inline]
-    pub(crate) fn frame(&self) -> FrameView<'_> {
+    pub(super) fn frame(&self) -> FrameView<'_> {
         // SAFETY: this guard or an owner that outlives it keeps the frame alive.
         unsafe { CurrentFrame::view(self.data) }
     }

@@ -38,7 +38,7 @@ pub(crate) struct SharedFrame(pub(super) Option<NonNull<FrameHeader>>);
 ///
 /// Aligned to 8 so that the entries follow with no padding on 32-bit targets too.
 #[repr(C, align(8))]
-pub(crate) struct FrameHeader {
+pub(super) struct FrameHeader {
     /// A heap frame's reference count (the `SharedFrame`s and cell references sharing it); unused,
     /// and left uninitialised, in a stack frame.
     pub(super) refs: AtomicUsize,
@@ -385,7 +385,7 @@ impl<'a> FrameView<'a> {
     /// The store of `key`'s entry if it sits where `hint` points; `None` says nothing about
     /// the other positions (see [`FrameView::lookup_searched`]).
     #[inline(always)]
-    pub(crate) fn lookup_at_hint<T: Send + Sync + 'static>(
+    pub(super) fn lookup_at_hint<T: Send + Sync + 'static>(
         self,
         key: Key<T>,
         hint: &PositionHint,
@@ -409,7 +409,7 @@ impl<'a> FrameView<'a> {
     /// Out of line, so that the hinted hit stays small.
     #[cold]
     #[inline(never)]
-    pub(crate) fn lookup_searched<T: Send + Sync + 'static>(
+    pub(super) fn lookup_searched<T: Send + Sync + 'static>(
         self,
         key: Key<T>,
         hint: &PositionHint,
@@ -443,10 +443,10 @@ impl<'a> FrameView<'a> {
 
 impl SharedFrame {
     #[cfg(test)]
-    pub(crate) const EMPTY: SharedFrame = SharedFrame(None);
+    pub(super) const EMPTY: SharedFrame = SharedFrame(None);
 
     #[inline]
-    pub(crate) fn view(&self) -> FrameView<'_> {
+    pub(super) fn view(&self) -> FrameView<'_> {
         match self.0 {
             // SAFETY: this frame's reference keeps it alive while `self` is borrowed.
             Some(raw) => unsafe { FrameView::new(raw) },

@@ -412,7 +412,7 @@ pub(super) unsafe fn release_heap_copy_then_store(
 
 /// The inline capacity of a [`StackFrame`]: a frame that needs more entries keeps them in a
 /// [`SpillBlock`] block.
-pub(crate) const STACK_ENTRIES: usize = 4;
+pub(super) const STACK_ENTRIES: usize = 4;
 
 /// A frame on the stack of a synchronous scope ([`CurrentFrame::run_with_entry`]).
 ///

@@ -311,7 +311,7 @@ pub(crate) trait StoreSource<T> {
 
 /// The store of an entry found under a [`Key<T>`]: a `T` (see [`StorageKey`]), or `None` where
 /// the storage was exited.
-pub(crate) struct StoreRef<'a, T> {
+pub(super) struct StoreRef<'a, T> {
     pub(super) value: &'a Option<Value>,
     pub(super) _store: PhantomData<fn() -> T>,
 }
@@ -343,7 +343,7 @@ impl<'a, T: Send + Sync + 'static> StoreRef<'a, T> {
 
     /// The store, by reference.
     #[inline(always)]
-    pub(crate) fn get(self) -> Option<&'a T> {
+    pub(super) fn get(self) -> Option<&'a T> {
         // SAFETY: the entry was found under a `Key<T>`, and only `T`s are ever entered under
         // one (see `StorageKey`).
         self.value.as_ref().map(|value| unsafe { value.get::<T>() })
@@ -351,7 +351,7 @@ impl<'a, T: Send + Sync + 'static> StoreRef<'a, T> {
 
     /// A new `Arc` to the store.
     #[inline(always)]
-    pub(crate) fn to_arc(self) -> Option<Arc<T>> {
+    pub(super) fn to_arc(self) -> Option<Arc<T>> {
         // SAFETY: as in `get`.
         self.value
             .as_ref()
@@ -395,7 +395,7 @@ pub(crate) struct FreshValue<T>(pub(super) Value, pub(super) PhantomData<fn() ->
 
 impl<T: Send + Sync + 'static> FreshValue<T> {
     /// A new store in a new `Arc`.
-    pub(crate) fn new(store: T) -> FreshValue<T> {
+    pub(super) fn new(store: T) -> FreshValue<T> {
         FreshValue(Value::new(Arc::new(store)), PhantomData)
     }
 
