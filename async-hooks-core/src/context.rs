@@ -1,5 +1,14 @@
 //! The per-thread execution context: which resource is running (a pointer to its [`Identity`])
-//! and the storage frame, switched in and out by RAII guards that also restore on panic.
+//! and the storage frame. `crate::execution` switches both for the length of a call to enter a
+//! resource, putting them back also on panic.
+//!
+//! # Safety
+//!
+//! The thread state is a `const`-initialised thread-local with no destructor, so a reference to
+//! it is valid for as long as any code of its thread runs. Its running-identity pointer is
+//! `ROOT_IDENTITY` or an identity that an [`AsCurrent`] borrows for an execution entered higher
+//! up this thread's stack; the frame module calls its `enter` and `leave` in pairs, strictly
+//! nested, so the pointer is put back before that borrow ends.
 //!
 //! The thread's state is a `const`-initialised `thread_local!` with no destructor, so reaching it
 //! compiles to a plain thread-pointer-relative access: no lazy registration, no "already
@@ -8,23 +17,23 @@
 //! it over; nothing is copied and no reference count changes.
 
 use std::cell::Cell;
-use std::marker::PhantomData;
-use std::mem::ManuallyDrop;
-use std::ptr::{self, NonNull};
+use std::ptr;
 
-use crate::hooks::{self, Kind};
+use crate::hooks;
 use crate::id::{AsyncId, IdBlock};
 use crate::resource::{Identity, ROOT_IDENTITY, Resource};
-use crate::storage::{Frame, FrameCell, FrameData, ResourceFrame};
+use crate::storage::{AroundFrame, CapturedFrame, CurrentFrame, SharedFrame, Switching};
 
 pub(crate) struct ThreadState {
     pub(crate) ids: IdBlock,
-    /// The running resource's identity: [`ROOT_IDENTITY`], or one that an [`Entered`] guard
-    /// further up this thread's stack borrows (the guard puts the previous pointer back before
-    /// that borrow ends).
+    /// The running resource's identity: [`ROOT_IDENTITY`], or one that an [`AsCurrent`] of an
+    /// entered execution further up this thread's stack borrows (it puts the previous pointer
+    /// back before that borrow ends).
     current: Cell<*const Identity>,
     /// The storage frame of the running execution.
-    pub(crate) frame: FrameCell,
+    pub(crate) frame: CurrentFrame,
+    /// Orders the thread's storage guards against the scopes they are made in.
+    pub(crate) guard_clock: GuardClock,
     /// The event whose hook callbacks are running on this thread (the innermost, when callbacks
     /// raise events of their own), on its dispatch's stack; null when none is. It says both
     /// whether a dispatch is the outermost and, for the fatal-panic report, which event.
@@ -44,7 +53,8 @@ thread_local! {
         ThreadState {
             ids: IdBlock::new(),
             current: Cell::new(&ROOT_IDENTITY),
-            frame: FrameCell::new(),
+            frame: CurrentFrame::new(),
+            guard_clock: GuardClock(Cell::new(0)),
             dispatching: Cell::new(ptr::null()),
             #[cfg(not(async_hooks_loom))]
             hooks: hooks::ThreadHooks::new(),
@@ -81,9 +91,8 @@ impl ThreadState {
     /// The running resource's identity, for as long as `f` runs.
     #[inline(always)]
     fn with_current<R>(&self, f: impl FnOnce(&Identity) -> R) -> R {
-        // SAFETY: `current` is `ROOT_IDENTITY` (a static) or borrowed by a live `Entered` guard
-        // higher up this thread's stack, which outlives this call: `f` cannot end that guard,
-        // since guards end in the scope that made them (strictly nested).
+        // SAFETY: `current` is `ROOT_IDENTITY` (a static) or borrowed by an `AsCurrent` that an
+        // entered execution higher up this thread's stack holds, which outlives this call.
         #[allow(unsafe_code)]
         f(unsafe { &*self.current.get() })
     }
@@ -107,15 +116,69 @@ impl ThreadState {
     /// A reference to the current storage frame, for a resource or a snapshot to keep (O(1):
     /// one refcount increment, none when empty).
     #[inline(always)]
-    pub(crate) fn capture_resource_frame(&self) -> ResourceFrame {
+    pub(crate) fn capture_resource_frame(&self) -> CapturedFrame {
         self.frame.capture()
     }
 
     /// Replaces the current frame, dropping the old one only after the new one is in place (a
     /// store's `Drop` may look at the context).
     #[inline]
-    pub(crate) fn set_frame(&self, frame: Frame) {
+    pub(crate) fn set_frame(&self, frame: SharedFrame) {
         self.frame.set(frame);
+    }
+}
+
+/// This thread's count of storage guards made (`AsyncLocalStorage::enter_scope`), which only
+/// grows: a scope reads it when it begins, and a guard made on this thread during the scope has
+/// a higher mark.
+pub(crate) struct GuardClock(Cell<u64>);
+
+impl GuardClock {
+    /// The count now.
+    #[inline(always)]
+    pub(crate) fn now(&self) -> u64 {
+        self.0.get()
+    }
+
+    /// Counts a new guard, and returns its mark.
+    pub(crate) fn tick(&self) -> u64 {
+        let mark = self.0.get() + 1;
+        self.0.set(mark);
+        mark
+    }
+}
+
+/// Makes an identity the running resource's while an execution's frame is entered (see
+/// `crate::execution`), and puts the previous one back when it is left.
+pub(crate) struct AsCurrent<'a> {
+    // No thread state kept: it is two instructions to recompute, and one register fewer is
+    // held across the execution.
+    identity: &'a Identity,
+    /// The running identity before; set by `enter`.
+    previous: *const Identity,
+}
+
+impl<'a> AsCurrent<'a> {
+    #[inline(always)]
+    pub(crate) fn new(identity: &'a Identity) -> AsCurrent<'a> {
+        AsCurrent {
+            identity,
+            previous: ptr::null(),
+        }
+    }
+}
+
+impl AroundFrame for AsCurrent<'_> {
+    #[inline(always)]
+    fn enter(&mut self, _: &Switching) {
+        self.previous = thread_state().current.replace(self.identity);
+    }
+
+    #[inline(always)]
+    fn leave(self, _: &Switching) {
+        // The frame module calls `leave` once after `enter`, and strictly nested: `previous`
+        // is the identity of the execution this one runs inside.
+        thread_state().current.set(self.previous);
     }
 }
 
@@ -169,151 +232,4 @@ pub fn trigger_async_id() -> AsyncId {
 /// ```
 pub fn execution_async_resource() -> Resource {
     with_state(ThreadState::current_resource)
-}
-
-/// A running execution: the thread points at the resource's identity and its frame, and (with
-/// `EVENTS`) `before` has fired; [`Entered::leave`] fires `after` and switches back, and so does
-/// dropping the guard while a panic unwinds. Without `EVENTS` the switch is silent (dropping a
-/// future inside its own context).
-///
-/// With `KEEPS`, a frame that the code inside put in place of the resource's (`enter_with`)
-/// becomes the resource's own (a future's execution continues at its next poll); without, it
-/// ends with the scope (an `AsyncResource`'s scopes each start from its captured frame).
-pub(crate) struct Entered<'a, const EVENTS: bool, const KEEPS: bool = true> {
-    // Neither the thread state nor the identity kept: the state is two instructions to
-    // recompute, the events read the identity's id from the thread, and every field is a
-    // register held across the poll.
-    /// The thread's running identity before, put back as it was.
-    previous: *const Identity,
-    /// The resource's frame, which the thread points at while entered: from a
-    /// `&'a mut ResourceFrame` with `KEEPS`, else from a `&'a ResourceFrame`.
-    frame: NonNull<ResourceFrame>,
-    /// The thread's frame pointer before, put back as it was.
-    previous_frame: *const FrameData,
-    /// The thread's frame pointer while entered: unchanged at the end, the code inside left
-    /// the frame as it was.
-    installed: *const FrameData,
-    _borrows: PhantomData<(&'a Identity, &'a mut ResourceFrame)>,
-}
-
-impl<'a, const EVENTS: bool> Entered<'a, EVENTS, true> {
-    /// Enters a resource that keeps the frame its code leaves behind.
-    #[inline(always)]
-    pub(crate) fn enter(
-        state: &ThreadState,
-        identity: &'a Identity,
-        frame: &'a mut ResourceFrame,
-    ) -> Entered<'a, EVENTS, true> {
-        Entered::enter_raw(state, identity, NonNull::from(frame))
-    }
-}
-
-impl<'a, const EVENTS: bool> Entered<'a, EVENTS, false> {
-    /// Enters a scope of a resource whose frame stays as captured.
-    #[inline(always)]
-    pub(crate) fn enter_scope(
-        state: &ThreadState,
-        identity: &'a Identity,
-        frame: &'a ResourceFrame,
-    ) -> Entered<'a, EVENTS, false> {
-        Entered::enter_raw(state, identity, NonNull::from(frame))
-    }
-}
-
-impl<'a, const EVENTS: bool, const KEEPS: bool> Entered<'a, EVENTS, KEEPS> {
-    #[inline(always)]
-    fn enter_raw(
-        state: &ThreadState,
-        identity: &'a Identity,
-        frame: NonNull<ResourceFrame>,
-    ) -> Entered<'a, EVENTS, KEEPS> {
-        let previous = state.current.replace(identity);
-        // SAFETY: `frame` comes from a reference that lives for `'a`.
-        #[allow(unsafe_code)]
-        let (previous_frame, installed) = state.frame.enter(unsafe { frame.as_ref() });
-        // Cannot unwind (see `hooks::dispatch_id`), so the guard needs to exist only after it.
-        if EVENTS {
-            hooks::emit_current(Kind::Before);
-        }
-        Entered {
-            previous,
-            frame,
-            previous_frame,
-            installed,
-            _borrows: PhantomData,
-        }
-    }
-}
-
-impl<const EVENTS: bool, const KEEPS: bool> Entered<'_, EVENTS, KEEPS> {
-    /// Ends the execution: fires `after` and switches back.
-    ///
-    /// Scopes end with this call rather than with the guard's drop, which only runs while
-    /// unwinding. That drop is then a single out-of-line call taking the fields by value, which
-    /// LLVM inlines into the landing pads, so the guard can live in registers: when the drop
-    /// did the switch itself, LLVM kept it out of line and the guard's four fields were stored
-    /// to the stack on every poll just for the landing pad to read.
-    #[inline(always)]
-    pub(crate) fn leave(self) {
-        let this = ManuallyDrop::new(self);
-        Self::switch_back(
-            this.previous,
-            this.frame,
-            this.previous_frame,
-            this.installed,
-        );
-    }
-
-    #[inline(always)]
-    fn switch_back(
-        previous: *const Identity,
-        frame: NonNull<ResourceFrame>,
-        previous_frame: *const FrameData,
-        installed: *const FrameData,
-    ) {
-        if EVENTS {
-            hooks::emit_current(Kind::After);
-        }
-        let state = thread_state();
-        // The identity first: a frame the code inside replaced is released below, and a store's
-        // `Drop` may panic; the caller's execution must be back by then, or the thread would
-        // keep pointing at this one after it is gone.
-        state.current.set(previous);
-        if KEEPS {
-            // SAFETY: with `KEEPS` the pointer comes from a `&'a mut ResourceFrame` that this
-            // guard holds exclusively for `'a`.
-            #[allow(unsafe_code)]
-            state
-                .frame
-                .leave(installed, unsafe { &mut *frame.as_ptr() }, previous_frame);
-        } else {
-            state.frame.leave_scope(installed, previous_frame);
-        }
-    }
-
-    /// [`Entered::leave`] for a guard dropped while unwinding.
-    #[cold]
-    #[inline(never)]
-    fn switch_back_unwinding(
-        previous: *const Identity,
-        frame: NonNull<ResourceFrame>,
-        previous_frame: *const FrameData,
-        installed: *const FrameData,
-    ) {
-        Self::switch_back(previous, frame, previous_frame, installed);
-    }
-}
-
-impl<const EVENTS: bool, const KEEPS: bool> Drop for Entered<'_, EVENTS, KEEPS> {
-    /// Reached only while unwinding: every scope ends with [`Entered::leave`]. (Dropping the
-    /// guard anywhere else would still switch back, just out of line.)
-    #[inline(always)]
-    fn drop(&mut self) {
-        Self::switch_back_unwinding(
-            self.previous,
-            self.frame,
-            self.previous_frame,
-            self.installed,
-        );
-    }
 }

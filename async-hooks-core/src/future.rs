@@ -1,4 +1,11 @@
 //! Instrumented futures: a future that is an async resource.
+//!
+//! # Safety
+//!
+//! [`Instrumented`] projects its pin by hand: of [`Running`]'s fields only `future` is
+//! structurally pinned, polled and dropped in place and never moved; it is dropped exactly once,
+//! which the identity's finished flag records, and the identity and frame are dropped by hand
+//! once after it (`Ending`).
 
 use std::fmt;
 use std::future::Future;
@@ -6,10 +13,11 @@ use std::mem::ManuallyDrop;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
-use crate::context::{Entered, ThreadState, thread_state, with_state};
+use crate::context::{ThreadState, thread_state, with_state};
+use crate::execution;
 use crate::hooks::{self, Kind};
 use crate::resource::{Identity, ResourceType};
-use crate::storage::ResourceFrame;
+use crate::storage::CapturedFrame;
 
 /// The type of resources made by `bind!` and [`BindContext::bind_context`] without a type name.
 #[doc(hidden)]
@@ -73,7 +81,7 @@ struct Running<F> {
     identity: ManuallyDrop<Identity>,
     // The resource's storage frame; during a poll the thread points at it (and an `enter_with`
     // inside replaces it, for the rest of the future's life).
-    frame: ManuallyDrop<ResourceFrame>,
+    frame: ManuallyDrop<CapturedFrame>,
 }
 
 impl<F> Drop for Running<F> {
@@ -87,16 +95,21 @@ impl<F> Drop for Running<F> {
         let running = &mut *ending.0;
         if !running.identity.is_finished() {
             running.identity.set_finished();
-            let entered =
-                Entered::<false>::enter(thread_state(), &running.identity, &mut running.frame);
-            // SAFETY: the future was not dropped yet (not finished) and is never touched again
-            // (now finished); dropping a pinned value in place, before its memory goes, keeps
-            // the pinning guarantee.
-            #[allow(unsafe_code)]
-            unsafe {
-                ManuallyDrop::drop(&mut running.future)
-            };
-            entered.leave();
+            let future = &mut running.future;
+            execution::drop_inside(
+                thread_state(),
+                &running.identity,
+                &mut running.frame,
+                || {
+                    // SAFETY: the future was not dropped yet (not finished) and is never touched
+                    // again (now finished); dropping a pinned value in place, before its memory
+                    // goes, keeps the pinning guarantee.
+                    #[allow(unsafe_code)]
+                    unsafe {
+                        ManuallyDrop::drop(future)
+                    };
+                },
+            );
         }
     }
 }
@@ -129,7 +142,7 @@ impl<F> Drop for Ending<'_, F> {
 #[inline(never)]
 fn release_with_handle(
     identity: &mut ManuallyDrop<Identity>,
-    frame: &mut ManuallyDrop<ResourceFrame>,
+    frame: &mut ManuallyDrop<CapturedFrame>,
 ) {
     // SAFETY: as in `Ending`: called once from it, the fields are never touched after.
     #[allow(unsafe_code)]
@@ -196,24 +209,25 @@ impl<F: Future> Future for Instrumented<F> {
             polled_after_ready();
         }
         let future = &mut running.future;
-        let entered = Entered::<true>::enter(thread_state(), &running.identity, &mut running.frame);
-        // SAFETY: pinned in place (see above); `ManuallyDrop` is `repr(transparent)`.
-        #[allow(unsafe_code)]
-        let poll = unsafe { Pin::new_unchecked(&mut **future) }.poll(cx);
-        if poll.is_ready() {
-            hooks::emit_current(Kind::PromiseResolve);
-            // Drop the finished state machine now, inside the resource's context. Marked first,
-            // so that a panicking destructor is not run twice.
-            running.identity.set_finished();
-            // SAFETY: not dropped before (it was just polled), never touched again (now
-            // finished); dropped in place, as pinning requires.
+        let identity = &running.identity;
+        execution::poll(thread_state(), identity, &mut running.frame, || {
+            // SAFETY: pinned in place (see above); `ManuallyDrop` is `repr(transparent)`.
             #[allow(unsafe_code)]
-            unsafe {
-                ManuallyDrop::drop(future)
-            };
-        }
-        entered.leave();
-        poll
+            let poll = unsafe { Pin::new_unchecked(&mut **future) }.poll(cx);
+            if poll.is_ready() {
+                hooks::emit_current(Kind::PromiseResolve);
+                // Drop the finished state machine now, inside the resource's context. Marked
+                // first, so that a panicking destructor is not run twice.
+                identity.set_finished();
+                // SAFETY: not dropped before (it was just polled), never touched again (now
+                // finished); dropped in place, as pinning requires.
+                #[allow(unsafe_code)]
+                unsafe {
+                    ManuallyDrop::drop(future)
+                };
+            }
+            poll
+        })
     }
 }
 

@@ -2,7 +2,7 @@
 //!
 //! The registry is a global list in enable order behind a mutex, published as an immutable
 //! [`HookTable`] (one list per event kind) with a version number. Each thread caches the table it
-//! last saw and refreshes it only at the start of an outermost dispatch, which gives SPEC.md's
+//! last saw and refreshes it only at the start of an outermost dispatch, which gives the
 //! deferral rule for free: changes made while a thread is dispatching apply when its outermost
 //! dispatch returns.
 //!
@@ -14,6 +14,15 @@
 //! registry's lock, so no update is lost, and a word always covers the kinds of the registry's
 //! table (so no event a hook wants is skipped) and of the thread's cached table (so events
 //! raised inside callbacks still reach it).
+//!
+//! # Safety
+//!
+//! Three raw pointers, each valid for as long as it is followed: a thread's cached table is an
+//! `Arc` it owns, replaced only by an outermost dispatch's refresh or by the thread's exit, so a
+//! borrow of it lasts one dispatch; a registered thread's word is alive until its thread
+//! deregisters it, under the registry's lock that its readers hold; and the dispatch record the
+//! panic hook reads is on the stack of a dispatch running on the same thread, reset before that
+//! dispatch returns.
 
 use std::cell::Cell;
 use std::fmt;

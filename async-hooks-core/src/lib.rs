@@ -4,16 +4,18 @@
 //! Depend on the `async-hooks` facade crate, which re-exports everything here together with the
 //! `#[async_resource]` and `bind!` macros.
 #![deny(missing_docs)]
-// `unsafe` is denied except where an item allows it: `storage::frame` (the thread's lendable
-// frame cell), the two storage casts next to it, the thread state's pointer to the running
-// resource (`context`), a resource identity's tagged word (`resource::Identity`) and the
-// instrumented future's in-place drop (`future`). Each block says why it is sound; the core's
-// unit tests run under Miri.
+// `unsafe` is denied except where an item allows it: `storage::frame` (frames and the thread's
+// frame cell, which export only safe operations), the thread state and its pointer to the
+// running resource (`context`), a resource identity's tagged word (`resource`), the
+// instrumented future's pinning (`future`) and the hook registry's cached pointers (`hooks`).
+// Each of those modules states its invariants at its top and each block says why it is sound;
+// the core's unit tests run under Miri.
 #![deny(unsafe_code)]
 #![warn(clippy::undocumented_unsafe_blocks)]
 
 mod context;
 mod error;
+mod execution;
 mod future;
 mod hooks;
 mod id;

@@ -13,7 +13,6 @@ use std::future::Future;
 use std::marker::PhantomData;
 use std::pin::Pin;
 use std::ptr;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
 
@@ -23,35 +22,31 @@ use crate::id::AsyncId;
 #[allow(unsafe_code)]
 mod frame;
 
-pub(crate) use frame::{Frame, FrameCell, FrameData, ResourceFrame};
-use frame::{FrameRef, PositionHint};
-use frame::{FreshValue, KeptValue, Value, mark_share, share_count};
-
-/// Storage keys are handed out once and never reused; `disable()` retires a storage's key, so
-/// every frame holding the old key stops showing it at once.
-static NEXT_KEY: AtomicU64 = AtomicU64::new(1);
+use frame::StoreSource;
+pub(crate) use frame::{AroundFrame, CapturedFrame, CurrentFrame, SharedFrame, Switching};
+use frame::{FrameView, FreshValue, KeptValue, Key, PositionHint, SavedEntry, StorageKey};
 
 /// One storage's entry set on the current thread, and what to put back when it ends: the previous
 /// entry of that storage only. Shared by `run`, `exit`, `enter_scope` and `scope`.
 struct KeyEntry {
     key: u64,
-    /// The storage's entry before (outer `None`: it had none).
-    previous: Option<Option<Value>>,
+    /// The storage's entry before.
+    previous: SavedEntry,
     /// The whole frame before and the frame installed: when the frame is still the installed
     /// one at the end, the frame before goes back as is. `None` once an older guard of the same
     /// storage handed its `previous` over (see [`LiveGuards`]): the frame before then holds
     /// the older guard's store, which must not come back.
-    frames: Option<(Frame, Frame)>,
+    frames: Option<(SharedFrame, SharedFrame)>,
 }
 
 impl KeyEntry {
-    fn set(state: &ThreadState, key: u64, value: Option<Value>) -> KeyEntry {
+    fn set<T: Send + Sync + 'static>(state: &ThreadState, key: Key<T>, store: T) -> KeyEntry {
         let previous_frame = state.frame.take();
-        let installed = previous_frame.with(key, Some(value));
-        let previous = previous_frame.lookup(key).map(|e| e.value.clone());
+        let installed = previous_frame.with_store(key, store);
+        let previous = previous_frame.save(key.raw());
         state.frame.set(installed.clone());
         KeyEntry {
-            key,
+            key: key.raw(),
             previous,
             frames: Some((previous_frame, installed)),
         }
@@ -67,69 +62,65 @@ impl KeyEntry {
             Some((previous_frame, installed)) if current.ptr_eq(installed) => {
                 std::mem::take(previous_frame)
             }
-            _ => restore_entry(&current, self.key, self.previous.take(), current_key),
+            _ => restore_entry(&current, self.previous.take(), current_key),
         };
         state.set_frame(restored);
         drop(current);
     }
 }
 
-/// Restores a [`KeyEntry`] when dropped, also during a panic.
-/// The frame to put back when a scope that set `key`'s entry ends and the code inside changed
-/// the context meanwhile: `current` with only that entry put back to `previous` (outer `None`:
-/// there was none), so other storages' `enter_with`s inside survive. If the storage's key is no
-/// longer `key` (`current_key`), it was disabled inside, which exits every context of it: the
-/// retired key's entry is dropped instead of restored, and an `enter_with` made under the new
-/// key inside the scope ends here, as it would have without the `disable()`.
-fn restore_entry(
-    current: &Frame,
-    key: u64,
-    previous: Option<Option<Value>>,
-    current_key: u64,
-) -> Frame {
+/// The frame to put back when a scope that set a storage's entry ends and the code inside
+/// changed the context meanwhile: `current` with only that entry put back to `previous`, so
+/// other storages' `enter_with`s inside survive. If the storage's key is no longer the one
+/// saved (`current_key`), it was disabled inside, which exits every context of it: the retired
+/// key's entry is dropped instead of restored, and an `enter_with` made under the new key
+/// inside the scope ends here, as it would have without the `disable()`.
+fn restore_entry(current: &SharedFrame, previous: SavedEntry, current_key: u64) -> SharedFrame {
+    let key = previous.key();
     if current_key == key {
-        return current.with(key, previous);
+        return current.restore(previous);
     }
-    let without_old = current.with(key, None);
+    let without_old = current.without(key);
     if current_key == 0 {
         without_old
     } else {
-        without_old.with(current_key, None)
+        without_old.without(current_key)
     }
 }
 
 /// Runs `f` with `key`'s entry set to `value` (`None`: exited), then restores only that entry,
 /// also on panic: `run` and `exit`. The frame is built on this stack when it is small (no
-/// allocation), else with its entries in one heap block (see [`FrameCell::run_with_entry`]).
+/// allocation), else with its entries in one heap block (see [`CurrentFrame::run_with_entry`]).
 /// `storage_key` is the storage's key cell, read at restore time (see [`restore_entry`]).
 #[inline]
 fn scoped<T: Send + Sync + 'static, R>(
     state: &ThreadState,
-    storage_key: &AtomicU64,
-    key: u64,
+    storage_key: &StorageKey<T>,
+    key: Key<T>,
     value: Option<FreshValue<T>>,
     f: impl FnOnce() -> R,
 ) -> R {
-    state
-        .frame
-        .run_with_entry(key, value, f, restore_own_entry(storage_key, key))
+    let restore = restore_own_entry(storage_key, state.guard_clock.now());
+    state.frame.run_with_entry(key, value, f, restore)
 }
 
 /// The frame a scope of `key`'s storage puts back when the code inside changed the context:
-/// the changed frame with only this storage's entry restored (see [`restore_entry`]).
+/// the changed frame with only this storage's entry restored (see [`restore_entry`]). `since`
+/// is the guard clock (`ThreadState::guard_clock`) when the scope began.
 #[inline(always)]
-fn restore_own_entry(
-    storage_key: &AtomicU64,
-    key: u64,
-) -> impl FnOnce(&Frame, FrameRef<'_>, u64) -> Frame + '_ {
-    move |current: &Frame, previous: FrameRef<'_>, since: u64| {
+fn restore_own_entry<T>(
+    storage_key: &StorageKey<T>,
+    since: u64,
+) -> impl FnOnce(&SharedFrame, FrameView<'_>, u64) -> SharedFrame + '_ {
+    // Two words, passed in registers: the key comes from the scope, and the state is looked up
+    // again rather than captured.
+    move |current: &SharedFrame, previous: FrameView<'_>, key: u64| {
         // A guard of this storage made inside and still alive ends here with the entry it set.
-        // The state is looked up again rather than captured: the closure stays two words.
         with_state(|state| {
             LiveGuards::orphan(Some(ptr::from_ref(storage_key).addr()), state, since)
         });
-        let previous = previous.lookup(key).map(|e| e.value.clone());
-        restore_entry(current, key, previous, storage_key.load(Ordering::Relaxed))
+        let previous = previous.save(key);
+        restore_entry(current, previous, storage_key.read().raw())
     }
 }
 
@@ -151,35 +142,6 @@ fn release_at_thread_exit() {
     }
     // Fails only while the thread's locals are being destroyed, when it is too late to register.
     let _ = RELEASE.try_with(|_| ());
-}
-
-/// The store of an entry of a storage of `T`, by reference.
-///
-/// Every value a frame holds under a storage's key was put there by that storage, as an
-/// `Arc<T>` (keys are never reused), so the type check of a `downcast` is redundant on this hot
-/// path: it is kept as a debug assertion.
-#[inline]
-#[allow(unsafe_code)]
-fn store_ref<T: Send + Sync + 'static>(value: &Value) -> &T {
-    debug_assert!(
-        value.is::<T>(),
-        "a storage key holds a value of another type"
-    );
-    // SAFETY: the value is a `T` (see above).
-    unsafe { value.get::<T>() }
-}
-
-/// Clones the store out of an entry as a thin `Arc<T>`.
-#[inline]
-#[allow(unsafe_code)]
-fn typed<T: Send + Sync + 'static>(value: &Option<Value>) -> Option<Arc<T>> {
-    let value = value.as_ref()?;
-    debug_assert!(
-        value.is::<T>(),
-        "a storage key holds a value of another type"
-    );
-    // SAFETY: the value is a `T` (see `store_ref`).
-    Some(unsafe { value.to_arc::<T>() })
 }
 
 /// Context-local storage: a value that follows the logical flow of async work — through
@@ -204,8 +166,8 @@ fn typed<T: Send + Sync + 'static>(value: &Option<Value>) -> Option<Arc<T>> {
 /// assert_eq!(log("idle"), "-: idle");
 /// ```
 pub struct AsyncLocalStorage<T> {
-    /// This storage's key in frames; 0 until first used, and again after `disable()`.
-    key: AtomicU64,
+    /// This storage's key in frames; none until first used, and again after `disable()`.
+    key: StorageKey<T>,
     /// Where this storage's entry was last found in a frame.
     position_hint: PositionHint,
     name: Option<&'static str>,
@@ -217,29 +179,14 @@ pub struct AsyncLocalStorage<T> {
 impl<T> AsyncLocalStorage<T> {
     /// The key for reads: 0 means "no entry anywhere".
     #[inline]
-    fn read_key(&self) -> u64 {
-        self.key.load(Ordering::Relaxed)
+    fn read_key(&self) -> Key<T> {
+        self.key.read()
     }
 
     /// The key for writes, assigned on first use.
     #[inline]
-    fn write_key(&self) -> u64 {
-        match self.key.load(Ordering::Relaxed) {
-            0 => self.assign_key(),
-            key => key,
-        }
-    }
-
-    #[cold]
-    fn assign_key(&self) -> u64 {
-        let fresh = NEXT_KEY.fetch_add(1, Ordering::Relaxed);
-        match self
-            .key
-            .compare_exchange(0, fresh, Ordering::Relaxed, Ordering::Relaxed)
-        {
-            Ok(_) => fresh,
-            Err(existing) => existing,
-        }
+    fn write_key(&self) -> Key<T> {
+        self.key.write()
     }
 }
 
@@ -253,7 +200,7 @@ impl<T: Send + Sync + 'static> AsyncLocalStorage<T> {
     /// ```
     pub const fn new() -> AsyncLocalStorage<T> {
         AsyncLocalStorage {
-            key: AtomicU64::new(0),
+            key: StorageKey::new(),
             position_hint: PositionHint::new(),
             name: None,
             default_value: OnceLock::new(),
@@ -319,33 +266,10 @@ impl<T: Send + Sync + 'static> AsyncLocalStorage<T> {
         let key = self.read_key();
         // A storage never used (or disabled) has no entry anywhere: the default, without the
         // search a miss would take.
-        if key == 0 {
+        if key.raw() == 0 {
             return self.default_value().cloned();
         }
-        with_state(|state| {
-            // SAFETY: the lookup and the `Arc` clone run no user code, so nothing can change the
-            // cell meanwhile.
-            #[allow(unsafe_code)]
-            unsafe {
-                state.frame.peek(|frame| {
-                    match frame.lookup_at_hint(key, &self.position_hint) {
-                        Some(entry) => typed::<T>(&entry.value),
-                        // Out of line, as in `with_store`.
-                        None => self.get_store_searched(frame, key),
-                    }
-                })
-            }
-        })
-    }
-
-    /// [`get_store`](AsyncLocalStorage::get_store) where the position hint missed.
-    #[cold]
-    #[inline(never)]
-    fn get_store_searched(&self, frame: FrameRef<'_>, key: u64) -> Option<Arc<T>> {
-        match frame.lookup_searched(key, &self.position_hint) {
-            Some(entry) => typed::<T>(&entry.value),
-            None => self.default_value().cloned(),
-        }
+        with_state(|state| state.frame.clone_store(self, key))
     }
 
     /// Calls `f` with a reference to the current store (see
@@ -370,75 +294,9 @@ impl<T: Send + Sync + 'static> AsyncLocalStorage<T> {
         // No early return for key 0 (never used, or disabled): no frame has an entry with that
         // key, so the lookup below misses and reads the default. A branch less on the hit path.
         let key = self.read_key();
-        with_state(|state| {
-            // The thread's frame is lent to this call, not cloned: `f` may change the context
-            // (`run`, `enter_with`, poll a future) and the store it looks at stays alive anyway.
-            // Inside a `run` or a resource's scope (a poll, a bound call) the frame's owner is
-            // up the stack and it is read as is; a frame the cell owns is lent, out of line.
-            // SAFETY: the frame is used within this call only.
-            #[allow(unsafe_code)]
-            match unsafe { state.frame.owned_up_the_stack() } {
-                Some(frame) => self.with_store_in(frame, key, f),
-                None => self.with_store_lending(state, key, f),
-            }
-        })
-    }
-
-    /// [`with_store`](AsyncLocalStorage::with_store) in `frame`, which outlives the call.
-    #[inline(always)]
-    fn with_store_in<R>(
-        &self,
-        frame: FrameRef<'_>,
-        key: u64,
-        f: impl FnOnce(Option<&T>) -> R,
-    ) -> R {
-        match frame.lookup_at_hint(key, &self.position_hint) {
-            // An entry with no value: the storage was exited (`None`, not the default).
-            Some(entry) => f(entry.value.as_ref().map(store_ref::<T>)),
-            // Out of line with its own call of `f`: when both paths ended in one call, LLVM
-            // merged them at the read of the entry's value, and the hit path took a jump more
-            // (24 instructions a read, then 21).
-            None => self.with_store_searched(frame, key, f),
-        }
-    }
-
-    /// [`with_store`](AsyncLocalStorage::with_store) in a frame the thread's cell owns (lent for
-    /// the call) or in the empty frame. Out of line: the guard that gives the frame back, also
-    /// when `f` panics, made every read save registers and keep a stack frame (when it moved
-    /// out, a read through a call from a `run` went from 29 to 23 instructions; from a frame
-    /// the cell owns, from 48 to 54).
-    #[inline(never)]
-    fn with_store_lending<R>(
-        &self,
-        state: &ThreadState,
-        key: u64,
-        f: impl FnOnce(Option<&T>) -> R,
-    ) -> R {
-        // SAFETY: `with_store` has just found the cell's pointer untagged.
-        #[allow(unsafe_code)]
-        unsafe {
-            state
-                .frame
-                .with_lent_owned(|frame| self.with_store_in(frame, key, f))
-        }
-    }
-
-    /// [`with_store`](AsyncLocalStorage::with_store) where the position hint missed.
-    #[cold]
-    #[inline(never)]
-    fn with_store_searched<R>(
-        &self,
-        frame: FrameRef<'_>,
-        key: u64,
-        f: impl FnOnce(Option<&T>) -> R,
-    ) -> R {
-        let store = match frame.lookup_searched(key, &self.position_hint) {
-            Some(entry) => entry.value.as_ref().map(store_ref::<T>),
-            None => self.default_value().map(|v| &**v),
-        };
-        // One call, whose result is returned as is: passing it through an `Option` cost a
-        // store-forwarding stall (written in two 8-byte halves, read back in one 16-byte load).
-        f(store)
+        // The thread's frame is lent to this call, not cloned: `f` may change the context
+        // (`run`, `enter_with`, poll a future) and the store it looks at stays alive anyway.
+        with_state(|state| state.frame.with_store(self, key, f))
     }
 
     /// Runs `f` with `store` as the current store, then restores this storage's previous store —
@@ -468,9 +326,9 @@ impl<T: Send + Sync + 'static> AsyncLocalStorage<T> {
     #[inline]
     pub fn run<R>(&self, store: T, f: impl FnOnce() -> R) -> R {
         let key = self.write_key();
-        // Released with `Value::recycle` when the scope ends: with the scope's store no longer
-        // referenced, the next `run` on this thread reuses its allocation.
-        let value = Value::new_recycled(store, key as usize);
+        // Kept by the thread when the scope ends holding its only reference: the next `run` of
+        // the storage on this thread reuses the allocation.
+        let value = FreshValue::recycled(store, key.raw() as usize);
         with_state(|state| scoped(state, &self.key, key, Some(value), f))
     }
 
@@ -507,11 +365,10 @@ impl<T: Send + Sync + 'static> AsyncLocalStorage<T> {
     /// ```
     pub fn enter_with(&self, store: T) {
         let key = self.write_key();
-        let value = Value::new(Arc::new(store));
         release_at_thread_exit();
         with_state(|state| {
             let frame = state.frame.take();
-            let next = frame.with(key, Some(Some(value)));
+            let next = frame.with_store(key, store);
             state.frame.set(next);
             drop(frame);
         })
@@ -533,14 +390,18 @@ impl<T: Send + Sync + 'static> AsyncLocalStorage<T> {
     /// ```
     pub fn enter_scope(&self, store: T) -> StorageGuard<'_, T> {
         let key = self.write_key();
-        let value = Value::new(Arc::new(store));
         release_at_thread_exit();
         let execution = with_state(|state| state.execution_async_id());
-        let entry = with_state(|state| KeyEntry::set(state, key, Some(value)));
+        let entry = with_state(|state| KeyEntry::set(state, key, store));
         let storage = ptr::from_ref(&self.key).addr();
         StorageGuard {
             entry: Some(entry),
-            at: LiveGuards::register(storage, key, execution, mark_share()),
+            at: LiveGuards::register(
+                storage,
+                key.raw(),
+                execution,
+                with_state(|state| state.guard_clock.tick()),
+            ),
             execution,
             storage: self,
             _not_send: PhantomData,
@@ -563,11 +424,11 @@ impl<T: Send + Sync + 'static> AsyncLocalStorage<T> {
     /// store.run(3, || assert_eq!(store.get_store().as_deref(), Some(&3)));
     /// ```
     pub fn disable(&self) {
-        let old = self.key.swap(0, Ordering::Relaxed);
+        let old = self.key.retire();
         if old != 0 {
             with_state(|state| {
                 let frame = state.frame.take();
-                let next = frame.with(old, None);
+                let next = frame.without(old);
                 state.frame.set(next);
                 drop(frame);
             });
@@ -592,7 +453,7 @@ impl<T: Send + Sync + 'static> AsyncLocalStorage<T> {
     pub fn scope<F: Future>(&self, store: T, future: F) -> Scope<'_, T, F> {
         Scope {
             storage: self,
-            value: KeptValue::new(store, self.write_key() as usize),
+            value: KeptValue::new(store, self.write_key().raw() as usize),
             future: Some(future),
         }
     }
@@ -610,6 +471,18 @@ impl<T: Send + Sync + 'static> AsyncLocalStorage<T> {
     }
 }
 
+impl<T> StoreSource<T> for AsyncLocalStorage<T> {
+    #[inline(always)]
+    fn hint(&self) -> &PositionHint {
+        &self.position_hint
+    }
+
+    #[inline(always)]
+    fn default_store(&self) -> Option<&Arc<T>> {
+        self.default_value.get()
+    }
+}
+
 impl<T: Send + Sync + 'static> Default for AsyncLocalStorage<T> {
     fn default() -> Self {
         AsyncLocalStorage::new()
@@ -620,7 +493,7 @@ impl<T: Send + Sync + 'static> fmt::Debug for AsyncLocalStorage<T> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("AsyncLocalStorage")
             .field("name", &self.name)
-            .field("key", &self.read_key())
+            .field("key", &self.read_key().raw())
             .finish()
     }
 }
@@ -693,7 +566,7 @@ impl<T> Drop for StorageGuard<'_, T> {
         // resource's scope, say) ended with that execution's scope: putting its previous store
         // back here would bring a store of that scope into this one.
         if restore && with_state(|state| state.execution_async_id()) == self.execution {
-            let current_key = self.storage.key.load(Ordering::Relaxed);
+            let current_key = self.storage.key.read().raw();
             with_state(|state| entry.restore_in_place(state, current_key));
         }
         // What is left of the entry is released here, `released` last, with the list of guards
@@ -706,8 +579,8 @@ impl<T> Drop for StorageGuard<'_, T> {
 /// What ending a guard no longer needs, dropped once the list of guards is no longer borrowed.
 #[derive(Default)]
 struct Released {
-    previous: Vec<Option<Option<Value>>>,
-    frames: Option<(Frame, Frame)>,
+    previous: Vec<SavedEntry>,
+    frames: Option<(SharedFrame, SharedFrame)>,
 }
 
 /// [`StorageGuard::at`] of a guard made while the thread's locals are being destroyed, when
@@ -740,7 +613,8 @@ struct LiveGuards {
 
 /// A guard's slot in [`LiveGuards`].
 struct ListedGuard {
-    /// When the guard was made, as a [`mark_share`]: after every scope that began before it.
+    /// When the guard was made, a tick of the thread's guard clock: after every scope that
+    /// began before it.
     created: u64,
     /// The address of the storage's key cell, which stays put while the guard borrows it.
     storage: usize,
@@ -756,9 +630,9 @@ enum ListedState {
     Ended,
     /// Dropped out of order: what it would have put back, for the younger guard of its storage
     /// to put back instead.
-    Handed(Option<Option<Value>>),
+    Handed(SavedEntry),
     /// Handed on inside a scope that has ended since: released by the next guard's drop.
-    Stale(Option<Option<Value>>),
+    Stale(SavedEntry),
     /// A free slot.
     Free,
 }
@@ -798,12 +672,12 @@ impl LiveGuards {
             .unwrap_or(UNLISTED)
     }
 
-    /// A scope of `storage` (`None`: of every storage) that began at `since` ([`share_count`])
+    /// A scope of `storage` (`None`: of every storage) that began at `since` (the guard clock)
     /// ends in `state`'s execution: the guards made inside it and still alive end with it. Only
     /// marks them (it runs while the scope puts its frame back): what they hold is released when
     /// they are dropped, or by the next guard's drop.
     fn orphan(storage: Option<usize>, state: &ThreadState, since: u64) {
-        if share_count() == since {
+        if state.guard_clock.now() == since {
             // No guard was made since the scope began (making one moves the count).
             return;
         }
@@ -968,7 +842,7 @@ pin_project_lite::pin_project! {
     pub struct Scope<'a, T, F> {
         storage: &'a AsyncLocalStorage<T>,
         // The store, an `Arc<T>`: each poll's frame entry borrows it.
-        value: KeptValue,
+        value: KeptValue<T>,
         // `None` once dropped, inside the scope: in the poll that returns `Ready`, or by the
         // drop below.
         #[pin]
@@ -1012,15 +886,15 @@ impl<T: Send + Sync + 'static, F: Future> Future for Scope<'_, T, F> {
 /// allocation and no reference count, whatever the caller's context (the scope's own reference
 /// keeps the store alive meanwhile). Each poll and the inner future's drop run in it.
 #[inline(always)]
-fn in_scope<T, R>(storage: &AsyncLocalStorage<T>, store: &KeptValue, f: impl FnOnce() -> R) -> R {
+fn in_scope<T, R>(
+    storage: &AsyncLocalStorage<T>,
+    store: &KeptValue<T>,
+    f: impl FnOnce() -> R,
+) -> R {
     let key = storage.write_key();
     with_state(|state| {
-        state.frame.run_with_borrowed_entry(
-            key,
-            store.value(),
-            f,
-            restore_own_entry(&storage.key, key),
-        )
+        let restore = restore_own_entry(&storage.key, state.guard_clock.now());
+        state.frame.run_with_borrowed_entry(key, store, f, restore)
     })
 }
 
@@ -1048,7 +922,7 @@ impl<T: Send + Sync + 'static, F> fmt::Debug for Scope<'_, T, F> {
 #[derive(Clone, Default)]
 pub struct Snapshot {
     /// Kept as a resource keeps its frame: entered in place, with no reference count.
-    frame: ResourceFrame,
+    frame: CapturedFrame,
 }
 
 impl Snapshot {
@@ -1076,16 +950,10 @@ impl Snapshot {
     pub fn run<R>(&self, f: impl FnOnce() -> R) -> R {
         with_state(|state| {
             // Entered in place, as a resource's scope enters its frame: no reference count.
-            let since = share_count();
-            let (previous, installed) = state.frame.enter(&self.frame);
-            let leave = SnapshotLeave {
-                previous,
-                installed,
-                since,
+            let end = EndGuardsMadeInside {
+                since: state.guard_clock.now(),
             };
-            let result = f();
-            drop(leave);
-            result
+            state.frame.enter_scope(&self.frame, end, f)
         })
     }
 }
@@ -1098,22 +966,20 @@ impl fmt::Debug for Snapshot {
     }
 }
 
-/// Ends a [`Snapshot::run`], also on panic: puts the caller's frame back, and ends what the code
-/// inside entered (every storage's guard made inside and still alive ends with it).
-struct SnapshotLeave {
-    previous: *const FrameData,
-    installed: *const FrameData,
-    /// [`share_count`] when the scope began.
+/// Ends every storage's guard made inside a [`Snapshot::run`] and still alive, when the run
+/// ends (also on panic), just before the caller's frame goes back.
+struct EndGuardsMadeInside {
+    /// The guard clock (`ThreadState::guard_clock`) when the run began.
     since: u64,
 }
 
-impl Drop for SnapshotLeave {
+impl AroundFrame for EndGuardsMadeInside {
+    #[inline(always)]
+    fn enter(&mut self, _: &Switching) {}
+
     #[inline]
-    fn drop(&mut self) {
-        with_state(|state| {
-            LiveGuards::orphan(None, state, self.since);
-            state.frame.leave_scope(self.installed, self.previous);
-        });
+    fn leave(self, _: &Switching) {
+        with_state(|state| LiveGuards::orphan(None, state, self.since));
     }
 }
 
@@ -1125,6 +991,7 @@ mod tests {
     use crate::future::BindContext;
     use crate::resource::AsyncResource;
     use std::sync::atomic::AtomicUsize;
+    use std::sync::atomic::Ordering;
     use std::task::Waker;
 
     struct Counted {
