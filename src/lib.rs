@@ -14,3 +14,11 @@ pub use recorder::Recorder;
 pub mod tracing_bridge;
 #[cfg(feature = "tracing")]
 pub use tracing_bridge::TracingHook;
+
+#[cfg(feature = "rayon")]
+#[cfg_attr(docsrs, doc(cfg(feature = "rayon")))]
+pub mod rayon;
+pub mod thread;
+#[cfg(feature = "tokio")]
+#[cfg_attr(docsrs, doc(cfg(feature = "tokio")))]
+pub mod tokio;
