@@ -215,6 +215,26 @@ fn tokio_spawn_local_in_a_local_set() {
 }
 
 #[test]
+fn local_set_block_on_keeps_the_callers_context_but_raw_spawn_local_does_not() {
+    let rt = current_thread();
+    let local = LocalSet::new();
+    let (inline, raw, bound) = REQUEST.run(1, || {
+        local.block_on(&rt, async {
+            let (raw, bound) = REQUEST.run(2, || {
+                (
+                    tokio::task::spawn_local(async { request() }),
+                    async_hooks::tokio::spawn_local(async { request() }),
+                )
+            });
+            (request(), raw.await.unwrap(), bound.await.unwrap())
+        })
+    });
+    // The future given to block_on is polled inside the caller's `run`; a raw task is polled by
+    // the LocalSet, which sees that same outer store, not its spawner's.
+    assert_eq!((inline, raw, bound), (Some(1), Some(1), Some(2)));
+}
+
+#[test]
 fn join_set_of_1000_bound_tasks_each_sees_its_own_store() {
     let _serial = serial();
     let log = Log::default();
@@ -563,7 +583,7 @@ fn snapshot_empty_spawns_work_that_inherits_nothing() {
     drop(rt);
     hook.disable();
     let log = log.take();
-    assert_eq!((task.0.clone(), task.1.clone()), (None, None));
+    assert_eq!((task.0, task.1.clone()), (None, None));
     assert_eq!(inner, (None, None));
     assert_eq!(thread_seen, (None, None));
     assert_eq!(rayon_seen, (None, None));
