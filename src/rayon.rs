@@ -162,7 +162,9 @@ impl fmt::Debug for Scope<'_, '_> {
 /// `iter.bind_context()` creates one resource of type `Rayon` at the call. Every closure of the
 /// adapters chained *after* it (`map`, `filter`, `for_each`, `fold`, `reduce`, …), on whichever
 /// worker runs it, runs inside that resource's scope: one `before`/`after` pair per chunk a
-/// worker folds (not per item), one `destroy` when the iteration ends. Closures of adapters
+/// worker folds (not per item), one `destroy` when the iteration ends. Several workers are
+/// inside the resource at once, so its `before`/`after` pairs nest per thread, not in one
+/// global order. Closures of adapters
 /// chained *before* it are not bound, so call it right after `par_iter()`/`into_par_iter()`.
 /// The result is an unindexed [`ParallelIterator`]: chain indexed adapters (`enumerate`, `zip`)
 /// before it.

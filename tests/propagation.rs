@@ -7,14 +7,16 @@ mod common;
 
 use std::collections::BTreeSet;
 use std::rc::Rc;
-use std::sync::Mutex;
 use std::sync::mpsc;
+use std::sync::{Mutex, MutexGuard};
 use std::thread::{self, ThreadId};
 
 use async_hooks::rayon::ParallelIteratorExt;
 use async_hooks::thread::BuilderExt;
 use async_hooks::tokio::JoinSetExt;
-use async_hooks::{AsyncId, AsyncLocalStorage, AsyncResource, Snapshot, execution_async_id};
+use async_hooks::{
+    AsyncHook, AsyncId, AsyncLocalStorage, AsyncResource, Snapshot, execution_async_id,
+};
 use common::{Log, recorder, serial};
 use rayon::prelude::*;
 use tokio::task::{JoinSet, LocalSet};
@@ -43,6 +45,20 @@ fn current_thread() -> tokio::runtime::Runtime {
         .enable_all()
         .build()
         .unwrap()
+}
+
+/// Takes the lock that serialises hook tests and enables a recorder hook logging to a new log.
+fn recording() -> (MutexGuard<'static, ()>, Log, AsyncHook) {
+    let serial = serial();
+    let (log, hook) = start_recording();
+    (serial, log, hook)
+}
+
+/// A recorder hook logging to a new log, enabled (the caller holds the lock).
+fn start_recording() -> (Log, AsyncHook) {
+    let log = Log::default();
+    let hook = recorder("h", &log).enable();
+    (log, hook)
 }
 
 /// One recorded event: `("init", "Type", trigger)`, or `(event, "", NONE)` for the others.
@@ -108,6 +124,31 @@ fn assert_lifecycle(log: &[String], id: AsyncId, ty: &str, trigger: AsyncId, pol
     );
 }
 
+/// [`assert_lifecycle`] for a resource entered by several threads at once (a parallel
+/// iterator's): `init`, then `before`s and `after`s that pair up per thread, so they interleave
+/// in the log but never have more `after`s than `before`s so far, then exactly one `destroy`.
+fn assert_shared_lifecycle(log: &[String], id: AsyncId, ty: &str, trigger: AsyncId) {
+    let events: Vec<String> = log
+        .iter()
+        .map(|l| parse(l))
+        .filter(|(i, _)| *i == id)
+        .map(|(_, e)| e)
+        .collect();
+    assert_eq!(events[0], format!("init {ty} trigger={trigger}"), "{id}");
+    assert_eq!(events.last().unwrap(), "destroy", "{id}");
+    let mut open = 0usize;
+    let mut polls = 0;
+    for event in &events[1..events.len() - 1] {
+        match event.as_str() {
+            "before" => (open, polls) = (open + 1, polls + 1),
+            "after" => open = open.checked_sub(1).expect("an after with no before"),
+            other => panic!("{id}: unexpected {other}: {events:?}"),
+        }
+    }
+    assert_eq!(open, 0, "{id}: a before with no after");
+    assert!(polls >= 1, "{id}: never entered");
+}
+
 /// Runs `f` inside a fresh resource of type `Spawner`, with `REQUEST` = `request`; returns the
 /// spawner's id and `f`'s result.
 fn from_spawner<R>(request: u64, f: impl FnOnce() -> R) -> (AsyncId, R) {
@@ -133,9 +174,7 @@ fn seen() -> Seen {
 }
 
 fn tokio_spawn_on(rt: tokio::runtime::Runtime, other_thread: bool) {
-    let _serial = serial();
-    let log = Log::default();
-    let hook = recorder("h", &log).enable();
+    let (_serial, log, hook) = recording();
     let (spawner, seen) = rt.block_on(async {
         let (spawner, task) = from_spawner(7, || {
             async_hooks::tokio::spawn(async {
@@ -170,8 +209,7 @@ fn tokio_spawn_current_thread_runs_in_the_spawners_context() {
 fn tokio_spawn_blocking_runs_on_the_blocking_pool_in_the_spawners_context() {
     let _serial = serial();
     for rt in [current_thread(), multi_thread()] {
-        let log = Log::default();
-        let hook = recorder("h", &log).enable();
+        let (log, hook) = start_recording();
         let (spawner, seen) = rt.block_on(async {
             let (spawner, job) = from_spawner(8, || async_hooks::tokio::spawn_blocking(seen));
             (spawner, job.await.unwrap())
@@ -190,8 +228,7 @@ fn tokio_spawn_blocking_runs_on_the_blocking_pool_in_the_spawners_context() {
 fn tokio_spawn_local_in_a_local_set() {
     let _serial = serial();
     for rt in [current_thread(), multi_thread()] {
-        let log = Log::default();
-        let hook = recorder("h", &log).enable();
+        let (log, hook) = start_recording();
         let local = LocalSet::new();
         let (spawner, seen) = local.block_on(&rt, async {
             let not_send = Rc::new(());
@@ -236,9 +273,7 @@ fn local_set_block_on_keeps_the_callers_context_but_raw_spawn_local_does_not() {
 
 #[test]
 fn join_set_of_1000_bound_tasks_each_sees_its_own_store() {
-    let _serial = serial();
-    let log = Log::default();
-    let hook = recorder("h", &log).enable();
+    let (_serial, log, hook) = recording();
     let rt = multi_thread();
     let spawner = AsyncResource::new("Spawner");
     let results = rt.block_on(async {
@@ -290,8 +325,7 @@ fn join_set_of_1000_bound_tasks_each_sees_its_own_store() {
 fn aborted_tasks_and_dropped_join_sets_destroy_exactly_once() {
     let _serial = serial();
     for rt in [current_thread(), multi_thread()] {
-        let log = Log::default();
-        let hook = recorder("h", &log).enable();
+        let (log, hook) = start_recording();
         let (spawner, dropped_set) = rt.block_on(async {
             let (spawner, (aborted, mut shut_down, dropped)) = from_spawner(1, || {
                 let aborted = async_hooks::tokio::spawn(std::future::pending::<()>());
@@ -325,9 +359,7 @@ fn aborted_tasks_and_dropped_join_sets_destroy_exactly_once() {
 
 #[test]
 fn block_in_place_keeps_the_tasks_context() {
-    let _serial = serial();
-    let log = Log::default();
-    let hook = recorder("h", &log).enable();
+    let (_serial, log, hook) = recording();
     let rt = multi_thread();
     let (spawner, (outer, inside, after, inner)) = rt.block_on(async {
         let (spawner, task) = from_spawner(5, || {
@@ -358,9 +390,7 @@ fn block_in_place_keeps_the_tasks_context() {
 
 #[test]
 fn std_thread_spawn_and_builder() {
-    let _serial = serial();
-    let log = Log::default();
-    let hook = recorder("h", &log).enable();
+    let (_serial, log, hook) = recording();
     let (spawner, (a, b)) = from_spawner(3, || {
         let a = async_hooks::thread::spawn(seen);
         let b = thread::Builder::new()
@@ -383,9 +413,7 @@ fn std_thread_spawn_and_builder() {
 
 #[test]
 fn a_panicking_thread_still_destroys_its_resource() {
-    let _serial = serial();
-    let log = Log::default();
-    let hook = recorder("h", &log).enable();
+    let (_serial, log, hook) = recording();
     let (spawner, result) = from_spawner(3, || {
         async_hooks::thread::spawn(|| panic!("boom (expected by the test)")).join()
     });
@@ -413,9 +441,7 @@ fn assert_pool_threads_clean() {
 
 #[test]
 fn rayon_spawn_join_scope_run_in_the_callers_context_and_leave_none_behind() {
-    let _serial = serial();
-    let log = Log::default();
-    let hook = recorder("h", &log).enable();
+    let (_serial, log, hook) = recording();
     let main = thread::current().id();
     let (spawner, (spawned, joined, scoped)) = from_spawner(11, || {
         let (tx, rx) = mpsc::channel();
@@ -474,9 +500,7 @@ fn rayon_spawn_join_scope_run_in_the_callers_context_and_leave_none_behind() {
 
 #[test]
 fn rayon_par_iter_bind_context_runs_every_closure_in_the_callers_context() {
-    let _serial = serial();
-    let log = Log::default();
-    let hook = recorder("h", &log).enable();
+    let (_serial, log, hook) = recording();
     let main = thread::current().id();
     let (spawner, (mapped, sum, threads, folded)) = from_spawner(12, || {
         let mapped: Vec<Option<u64>> = (0..10_000u64)
@@ -517,7 +541,7 @@ fn rayon_par_iter_bind_context_runs_every_closure_in_the_callers_context() {
     let ids = inits(&log, "Rayon", spawner);
     assert_eq!(ids.len(), 4, "one resource per bind_context()");
     for id in ids {
-        assert_lifecycle(&log, id, "Rayon", spawner, 1);
+        assert_shared_lifecycle(&log, id, "Rayon", spawner);
     }
 }
 
@@ -544,9 +568,7 @@ fn a_pool_thread_running_unbound_work_after_bound_work_reads_none() {
 
 #[test]
 fn snapshot_empty_spawns_work_that_inherits_nothing() {
-    let _serial = serial();
-    let log = Log::default();
-    let hook = recorder("h", &log).enable();
+    let (_serial, log, hook) = recording();
     let rt = multi_thread();
     let (spawner, (task, inner, thread_seen, rayon_seen)) = rt.block_on(async {
         let (spawner, work) = from_spawner(14, || {
