@@ -17,7 +17,7 @@ use async_hooks_core::AsyncResource;
 
 static RAYON: ResourceType = ResourceType::new("Rayon");
 
-/// [`rayon::spawn`](::rayon::spawn), with the closure running in the caller's context.
+/// [`rayon::spawn`], with the closure running in the caller's context.
 ///
 /// ```
 /// use async_hooks::AsyncLocalStorage;
@@ -39,7 +39,7 @@ where
     ::rayon::spawn(move || resource.run_in_async_scope(f));
 }
 
-/// [`rayon::join`](::rayon::join), with both closures running in the caller's context (a
+/// [`rayon::join`], with both closures running in the caller's context (a
 /// resource each).
 ///
 /// ```
@@ -66,7 +66,7 @@ where
     )
 }
 
-/// [`rayon::scope`](::rayon::scope), with the scope's closure and every closure spawned on the
+/// [`rayon::scope`], with the scope's closure and every closure spawned on the
 /// [`Scope`] it gets running in the caller's context (each a resource of its own).
 ///
 /// ```
@@ -94,7 +94,7 @@ where
     ::rayon::scope(move |inner| resource.run_in_async_scope(|| op(&Scope { inner })))
 }
 
-/// A [`rayon::Scope`](::rayon::Scope) whose [`spawn`](Scope::spawn) binds the context; what
+/// A [`rayon::Scope`] whose [`spawn`](Scope::spawn) binds the context; what
 /// [`scope`] passes to its closure.
 ///
 /// ```

@@ -10,7 +10,7 @@
 //! Each costs what `tokio::spawn(bind!(async move { .. }))` by hand costs.
 //!
 //! They work on current-thread and multi-thread runtimes, and across
-//! [`block_in_place`](::tokio::task::block_in_place) (which keeps the calling task's context).
+//! [`block_in_place`](https://docs.rs/tokio/1/tokio/task/fn.block_in_place.html) (which keeps the calling task's context).
 //! [`spawn_local`] needs a [`LocalSet`](::tokio::task::LocalSet), as tokio's does.
 
 use std::future::Future;
@@ -22,7 +22,7 @@ static TOKIO_TASK: ResourceType = ResourceType::new("TokioTask");
 static TOKIO_BLOCKING: ResourceType = ResourceType::new("TokioBlocking");
 static TOKIO_LOCAL_TASK: ResourceType = ResourceType::new("TokioLocalTask");
 
-/// [`tokio::spawn`](::tokio::spawn), with the task running in the spawner's context as a
+/// [`tokio::spawn`], with the task running in the spawner's context as a
 /// resource of type `TokioTask`.
 ///
 /// # Panics
@@ -50,7 +50,7 @@ where
     ::tokio::spawn(Instrumented::new(&TOKIO_TASK, future))
 }
 
-/// [`tokio::task::spawn_blocking`](::tokio::task::spawn_blocking), with the closure running
+/// [`tokio::task::spawn_blocking`], with the closure running
 /// in the caller's context as a resource of type `TokioBlocking`.
 ///
 /// # Panics
@@ -79,7 +79,7 @@ where
     ::tokio::task::spawn_blocking(move || resource.run_in_async_scope(f))
 }
 
-/// [`tokio::task::spawn_local`](::tokio::task::spawn_local), with the task running in the
+/// [`tokio::task::spawn_local`], with the task running in the
 /// spawner's context as a resource of type `TokioLocalTask`.
 ///
 /// # Panics
