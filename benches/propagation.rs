@@ -399,7 +399,7 @@ fn main() {
         group.measurement_time(Duration::from_secs(2));
         group.sample_size(30);
         for (name, batch) in &case.variants {
-            group.bench_function(*name, |b| b.iter_custom(|n| batch(n)));
+            group.bench_function(*name, |b| b.iter_custom(batch));
         }
         group.finish();
     }

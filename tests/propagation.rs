@@ -90,16 +90,20 @@ fn inits(log: &[String], ty: &str, trigger: AsyncId) -> Vec<AsyncId> {
         .collect()
 }
 
+/// The events of resource `id`, in order.
+fn events_of(log: &[String], id: AsyncId) -> Vec<String> {
+    log.iter()
+        .map(|l| parse(l))
+        .filter(|(i, _)| *i == id)
+        .map(|(_, e)| e)
+        .collect()
+}
+
 /// Checks the whole life of resource `id`: `init` of type `ty` triggered by `trigger`, then
 /// `polls` or more `before`/`after` pairs (a `resolve` may sit inside the last one), then exactly
 /// one `destroy`, and nothing after it.
 fn assert_lifecycle(log: &[String], id: AsyncId, ty: &str, trigger: AsyncId, polls: usize) {
-    let events: Vec<String> = log
-        .iter()
-        .map(|l| parse(l))
-        .filter(|(i, _)| *i == id)
-        .map(|(_, e)| e)
-        .collect();
+    let events = events_of(log, id);
     let shape = events[1..].join(" ");
     assert_eq!(
         events[0],
@@ -128,12 +132,7 @@ fn assert_lifecycle(log: &[String], id: AsyncId, ty: &str, trigger: AsyncId, pol
 /// iterator's): `init`, then `before`s and `after`s that pair up per thread, so they interleave
 /// in the log but never have more `after`s than `before`s so far, then exactly one `destroy`.
 fn assert_shared_lifecycle(log: &[String], id: AsyncId, ty: &str, trigger: AsyncId) {
-    let events: Vec<String> = log
-        .iter()
-        .map(|l| parse(l))
-        .filter(|(i, _)| *i == id)
-        .map(|(_, e)| e)
-        .collect();
+    let events = events_of(log, id);
     assert_eq!(events[0], format!("init {ty} trigger={trigger}"), "{id}");
     assert_eq!(events.last().unwrap(), "destroy", "{id}");
     let mut open = 0usize;
