@@ -10,12 +10,14 @@ use std::rc::Rc;
 use std::sync::mpsc;
 use std::sync::{Mutex, MutexGuard};
 use std::thread::{self, ThreadId};
+use std::time::Duration;
 
 use async_hooks::rayon::ParallelIteratorExt;
 use async_hooks::thread::BuilderExt;
 use async_hooks::tokio::JoinSetExt;
 use async_hooks::{
-    AsyncHook, AsyncId, AsyncLocalStorage, AsyncResource, Snapshot, execution_async_id,
+    AsyncHook, AsyncId, AsyncLocalStorage, AsyncResource, Hooks, Snapshot, create_hook,
+    execution_async_id,
 };
 use common::{Log, recorder, serial};
 use rayon::prelude::*;
@@ -441,6 +443,13 @@ fn assert_pool_threads_clean() {
 #[test]
 fn rayon_spawn_join_scope_run_in_the_callers_context_and_leave_none_behind() {
     let (_serial, log, hook) = recording();
+    // `rayon::spawn`'s closure sends its result before its resource is dropped: the test waits
+    // for that `destroy` before it reads the log.
+    let (destroyed_tx, destroyed) = mpsc::channel();
+    let watch = create_hook(Hooks::new().destroy(move |id| {
+        let _ = destroyed_tx.send(id);
+    }))
+    .enable();
     let main = thread::current().id();
     let (spawner, (spawned, joined, scoped)) = from_spawner(11, || {
         let (tx, rx) = mpsc::channel();
@@ -460,6 +469,12 @@ fn rayon_spawn_join_scope_run_in_the_callers_context_and_leave_none_behind() {
         });
         (spawned, joined, (scope_seen, scoped.into_inner().unwrap()))
     });
+    while destroyed
+        .recv_timeout(Duration::from_secs(60))
+        .expect("the spawned closure's resource is destroyed")
+        != spawned.id
+    {}
+    watch.disable();
     hook.disable();
     let log = log.take();
     assert_pool_threads_clean();
