@@ -6,8 +6,7 @@
 //! Each shape runs in its own `#[inline(never)]` function, `ROUNDS` times after a warm-up of 10,
 //! so a function's inclusive count divided by `ROUNDS + 10` is its cost per operation. The
 //! set-up (making and dropping a future, entering a `run`, the thread's first look at the hook
-//! registry, enabling and disabling a hook) comes to under 0.05 instructions an operation at
-//! 100 000 rounds; at 1 000 it added up to 1.8, and 4.5 with a hook:
+//! registry, enabling and disabling a hook) is negligible at the default number of rounds:
 //!
 //! ```text
 //! cargo bench --bench instructions --no-run
@@ -87,8 +86,7 @@ async fn instrumented_forever() {
 }
 
 /// Inlined into every shape, so that each is one function whatever LLVM decides about a shared
-/// helper: the counts then compare code paths, not inlining decisions (with `common`'s
-/// `poll_to_ready`, tokio's own lifecycle counted 74 or 94 instructions depending on the build).
+/// helper: the counts then compare code paths, not inlining decisions.
 #[inline(always)]
 fn poll_to_ready<F: Future>(future: F) -> F::Output {
     let mut future = pin!(future);
@@ -151,9 +149,8 @@ fn shape_lifecycle_tokio_scope_arc(rounds: u64) {
     }
 }
 
-/// Its own loop rather than a call of `shape_lifecycle`, whose inclusive count would then mix
-/// the two: deriving the no-hook row by subtraction also took off this shape's enabling and
-/// disabling of the hook (about 4 700 instructions).
+/// Its own loop rather than a call of `shape_lifecycle`, so that its inclusive count is this
+/// shape's alone.
 #[inline(never)]
 fn shape_lifecycle_counting_hook(rounds: u64) {
     let hook = counting_hook().enable();

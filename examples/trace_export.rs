@@ -1,6 +1,7 @@
 //! See the async graph: records a small HTTP workload with [`Recorder`] and writes it as a
 //! Chrome trace (`trace.json`, open it in <https://ui.perfetto.dev> or `chrome://tracing`) and as
-//! the Graphviz trigger tree (`graph.dot`, render it with `dot -Tsvg graph.dot -o graph.svg`).
+//! the trigger tree, both in Graphviz DOT (`graph.dot`) and drawn in-process as `graph.svg` (no
+//! Graphviz needed).
 //!
 //! The workload is the request logger's, smaller: a hyper 1.x server on `127.0.0.1` (an
 //! ephemeral port) on a tokio multi-thread runtime, and a hyper client sending `--requests N`
@@ -197,9 +198,11 @@ fn main() -> ExitCode {
     }
     let json_path = args.out.join("trace.json");
     let dot_path = args.out.join("graph.dot");
+    let svg_path = args.out.join("graph.svg");
     for (path, text) in [
         (&json_path, trace.to_chrome_json()),
         (&dot_path, trace.to_dot()),
+        (&svg_path, trace.to_svg()),
     ] {
         if let Err(err) = std::fs::write(path, text) {
             eprintln!("trace_export: cannot write {}: {err}", path.display());
@@ -215,6 +218,7 @@ fn main() -> ExitCode {
     );
     println!("wrote {}", json_path.display());
     println!("wrote {}", dot_path.display());
+    println!("wrote {}", svg_path.display());
     if failures == 0 {
         ExitCode::SUCCESS
     } else {

@@ -10,7 +10,9 @@
 //!   created (inside its trigger's slice when the trigger was running) to the resource's first
 //!   slice. Open it in <https://ui.perfetto.dev> or `chrome://tracing`.
 //! - Graphviz DOT ([`Trace::to_dot`]): the trigger tree, one node `Type(id)` per resource and an
-//!   edge trigger → resource, rooted at `ROOT(1)`. Render it with `dot -Tsvg graph.dot`.
+//!   edge trigger → resource, rooted at `ROOT(1)`.
+//! - SVG ([`Trace::to_svg`], [`Recorder::write_svg`]): that tree laid out and drawn in-process,
+//!   with no Graphviz installed.
 //!
 //! ```
 //! use async_hooks::{AsyncResource, Recorder, create_hook};
@@ -31,6 +33,8 @@
 use std::cell::Cell;
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::fmt::{self, Write as _};
+use std::io;
+use std::path::Path;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
@@ -294,6 +298,26 @@ impl Recorder {
             dropped,
             thread_names,
         }
+    }
+
+    /// Writes the trigger tree of the events kept so far to `path` as an SVG image
+    /// ([`Trace::to_svg`] of a [`Recorder::snapshot`]), rendered in-process.
+    ///
+    /// ```
+    /// use async_hooks::{AsyncResource, Recorder, create_hook};
+    /// let recorder = Recorder::new(16);
+    /// let hook = create_hook(recorder.clone()).enable();
+    /// let job = AsyncResource::new("Job");
+    /// hook.disable();
+    /// let path = std::env::temp_dir().join(format!("async-hooks-doc-{}.svg", std::process::id()));
+    /// recorder.write_svg(&path)?;
+    /// let svg = std::fs::read_to_string(&path)?;
+    /// assert!(svg.contains(&format!("Job({})", job.async_id())));
+    /// # std::fs::remove_file(&path)?;
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
+    pub fn write_svg(&self, path: impl AsRef<Path>) -> io::Result<()> {
+        std::fs::write(path, self.snapshot().to_svg())
     }
 
     fn record(&self, async_id: AsyncId, kind: EventKind) {
@@ -617,6 +641,28 @@ impl Trace {
         out
     }
 
+    /// The trigger tree of [`Trace::to_dot`] laid out and drawn as an SVG image, in-process (no
+    /// Graphviz needed): one box `Type(id)` per resource, an arrow trigger → resource, left to
+    /// right from `ROOT(1)`. Up to 100 resources the layout also reorders the nodes so that
+    /// edges do not cross, which takes time that grows about as the cube of the number of
+    /// resources; above that it skips this step (edges may cross) and stays fast. For a whole
+    /// production trace, render [`Trace::to_dot`] with Graphviz instead.
+    ///
+    /// ```
+    /// use async_hooks::{AsyncResource, Recorder, create_hook};
+    /// let recorder = Recorder::new(16);
+    /// let hook = create_hook(recorder.clone()).enable();
+    /// let job = AsyncResource::new("Job");
+    /// hook.disable();
+    /// let svg = recorder.snapshot().to_svg();
+    /// assert!(svg.contains("<svg"));
+    /// assert!(svg.contains(&format!("Job({})", job.async_id())));
+    /// ```
+    pub fn to_svg(&self) -> String {
+        let resources = self.type_names().len();
+        render_svg(&self.to_dot(), resources > SVG_UNCROSSED_MAX)
+    }
+
     /// The trigger tree in Graphviz DOT: one node `n<id>` labelled `Type(id)` per resource whose
     /// `init` was kept, the root `ROOT(1)`, and an edge trigger → resource for each. A trigger
     /// whose `init` was not kept is a dashed node labelled `?(id)`. The dropped count, if any, is
@@ -674,6 +720,27 @@ impl Trace {
         out.push_str("}\n");
         out
     }
+}
+
+/// Above this many resources, [`Trace::to_svg`] skips the edge-crossing reduction, whose time
+/// grows about as the cube of the node count.
+const SVG_UNCROSSED_MAX: usize = 100;
+
+/// Lays out and draws a DOT graph written by [`Trace::to_dot`].
+fn render_svg(dot: &str, skip_crossing_reduction: bool) -> String {
+    use layout::backends::svg::SVGWriter;
+    use layout::gv::{DotParser, GraphBuilder};
+
+    let ast = DotParser::new(dot)
+        .process()
+        // `to_dot` writes only constructs the parser reads: a failure is a bug here.
+        .unwrap_or_else(|err| panic!("the trigger graph is not valid DOT ({err}):\n{dot}"));
+    let mut builder = GraphBuilder::new();
+    builder.visit_graph(&ast);
+    let mut graph = builder.get();
+    let mut svg = SVGWriter::new();
+    graph.do_it(false, skip_crossing_reduction, false, &mut svg);
+    svg.finalize()
 }
 
 fn resource_label(names: &HashMap<AsyncId, &'static str>, id: AsyncId) -> String {
@@ -744,6 +811,59 @@ mod tests {
     #[test]
     fn dot_strings_are_escaped() {
         assert_eq!(dot_string("a\"b\\"), "\"a\\\"b\\\\\"");
+    }
+
+    #[test]
+    fn svg_renders_an_empty_trace_and_unknown_triggers() {
+        let empty = Trace::default().to_svg();
+        assert!(empty.contains(">ROOT(1)</tspan>"), "{empty}");
+        // A trigger whose `init` was dropped from the ring, and the dropped count in the label.
+        let trace = Trace {
+            events: vec![Event {
+                kind: EventKind::Init {
+                    type_name: "Job",
+                    trigger_async_id: AsyncId::from_u64(7),
+                },
+                async_id: AsyncId::from_u64(9),
+                time: Duration::ZERO,
+                thread: 1,
+            }],
+            dropped: 3,
+            thread_names: BTreeMap::new(),
+        };
+        let svg = trace.to_svg();
+        assert!(svg.contains(">Job(9)</tspan>"), "{svg}");
+        assert!(svg.contains(">?(7)</tspan>"), "{svg}");
+    }
+
+    #[test]
+    fn svg_draws_every_resource_of_a_large_trace() {
+        let n = SVG_UNCROSSED_MAX as u64 * 3;
+        let events = (0..n)
+            .map(|i| Event {
+                kind: EventKind::Init {
+                    type_name: "Job",
+                    trigger_async_id: AsyncId::from_u64(if i < 5 { 1 } else { 2 + i / 3 }),
+                },
+                async_id: AsyncId::from_u64(2 + i),
+                time: Duration::ZERO,
+                thread: 1,
+            })
+            .collect();
+        let trace = Trace {
+            events,
+            dropped: 0,
+            thread_names: BTreeMap::new(),
+        };
+        let svg = trace.to_svg();
+        assert_eq!(svg.matches("<rect").count() as u64, n);
+        for i in 0..n {
+            assert!(
+                svg.contains(&format!(">Job({})</tspan>", 2 + i)),
+                "Job({})",
+                2 + i
+            );
+        }
     }
 
     #[test]

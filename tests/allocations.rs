@@ -9,12 +9,9 @@ use async_hooks::{
     AsyncLocalStorage, AsyncResource, BindContext, Instrumented, Snapshot, async_resource,
 };
 
-#[path = "common/futures.rs"]
-mod test_futures;
-use test_futures::poll_to_ready;
-
-#[path = "common/counting_alloc.rs"]
-mod counting_alloc;
+mod support;
+use support::counting_alloc;
+use support::futures::poll_to_ready;
 
 #[global_allocator]
 static ALLOCATOR: counting_alloc::Counting = counting_alloc::Counting;

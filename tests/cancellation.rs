@@ -2,8 +2,8 @@
 //! `tokio::select!`, aborted tasks and tasks dropped by a runtime shutdown. Each resource gets
 //! `destroy` exactly once and every store it captured is released (live-object counters).
 
-#[path = "reliability/events.rs"]
-mod events;
+mod support;
+use support::events;
 
 use std::future::pending;
 use std::sync::Arc;
@@ -11,7 +11,9 @@ use std::sync::atomic::{AtomicIsize, Ordering};
 use std::time::Duration;
 
 use async_hooks::{AsyncId, AsyncLocalStorage, BindContext, async_resource, bind};
-use events::{Ev, PendingN, destroys_of, events_of, last_init, poll_once, record, serial};
+use events::{Ev, destroys_of, events_of, last_init, record};
+use support::futures::{PendingN, poll_once};
+use support::serial;
 
 /// A store that counts live instances.
 struct Counted(Arc<AtomicIsize>);

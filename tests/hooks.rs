@@ -1,6 +1,6 @@
 //! Hook registry and dispatch: exact event sequences.
 
-mod common;
+mod support;
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
@@ -10,7 +10,7 @@ use async_hooks::{
     AsyncHook, AsyncId, AsyncResource, AsyncResourceOptions, BindContext, EventMask, HookCallbacks,
     Hooks, Resource, create_hook, execution_async_id, execution_async_resource, trigger_async_id,
 };
-use common::{Log, recorder, serial};
+use support::{Log, recorder, serial};
 
 #[test]
 fn enable_and_disable_are_idempotent_and_chain() {

@@ -3,8 +3,7 @@
 //! storage dropped while its values are still captured. (A hook that panics is fatal by design;
 //! `tests/hooks.rs` checks that in a child process.)
 
-#[path = "reliability/events.rs"]
-mod events;
+mod support;
 
 use std::future::Future;
 use std::pin::Pin;
@@ -16,7 +15,8 @@ use async_hooks::{
     AsyncHook, AsyncId, AsyncLocalStorage, AsyncResource, BindContext, Hooks, Snapshot,
     create_hook, execution_async_id, trigger_async_id,
 };
-use events::{lock, poll_once, serial};
+use support::futures::poll_once;
+use support::{lock, serial};
 
 type Log = Arc<Mutex<Vec<String>>>;
 

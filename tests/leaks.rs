@@ -6,8 +6,7 @@
 //! `init` matched by exactly one `destroy`. Allocation counts per lifecycle are in
 //! `tests/leaks_allocations.rs` (a separate binary: it installs a counting allocator).
 
-#[path = "reliability/events.rs"]
-mod events;
+mod support;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
@@ -16,7 +15,8 @@ use async_hooks::{
     AsyncLocalStorage, AsyncResource, BindContext, Hooks, Snapshot, async_resource, bind,
     create_hook,
 };
-use events::{PendingN, poll_once, serial};
+use support::futures::{PendingN, poll_once};
+use support::serial;
 
 fn lifecycles() -> u64 {
     if std::env::var_os("ASYNC_HOOKS_LONG").is_some() {

@@ -3,18 +3,13 @@
 //! on every lifecycle, not only on average, and the bytes still allocated afterwards are exactly
 //! what they were before (nothing grows), with and without a hook.
 
-use std::sync::Mutex;
-
 use async_hooks::{
     AsyncLocalStorage, AsyncResource, BindContext, Hooks, Snapshot, async_resource, create_hook,
 };
 
-#[path = "common/futures.rs"]
-mod test_futures;
-use test_futures::poll_to_ready;
-
-#[path = "common/counting_alloc.rs"]
-mod counting_alloc;
+mod support;
+use support::futures::poll_to_ready;
+use support::{counting_alloc, serial};
 
 #[global_allocator]
 static ALLOCATOR: counting_alloc::Counting = counting_alloc::Counting;
@@ -25,12 +20,6 @@ fn lifecycles() -> u64 {
     } else {
         100_000
     }
-}
-
-/// Hooks are process-wide: the test with a hook must not run beside the others.
-fn serial() -> std::sync::MutexGuard<'static, ()> {
-    static SERIAL: Mutex<()> = Mutex::new(());
-    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// Runs `f` `lifecycles()` times after a warm-up; asserts every call allocates exactly

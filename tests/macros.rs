@@ -3,106 +3,21 @@
 
 use std::fmt::{Debug, Display};
 use std::future::Future;
-use std::pin::Pin;
-use std::sync::{Arc, Mutex, MutexGuard};
-use std::task::{Context, Poll, Waker};
+use std::sync::Arc;
+use std::task::Poll;
 
 use async_hooks::{
-    AsyncHook, AsyncId, AsyncLocalStorage, AsyncResource, Hooks, async_resource, bind, create_hook,
-    execution_async_id, execution_async_resource, trigger_async_id,
+    AsyncId, AsyncLocalStorage, AsyncResource, async_resource, bind, execution_async_id,
+    execution_async_resource, trigger_async_id,
 };
 use futures::executor::block_on;
 
+mod support;
+use support::futures::{PendingN, poll_once};
+use support::{Log, record, serial};
+
 // ---------------------------------------------------------------------------------------------
 // Helpers
-
-/// Hooks are process-wide: every test in this file takes this lock, so a log holds only the
-/// events of the test that owns it.
-fn serial() -> MutexGuard<'static, ()> {
-    static SERIAL: Mutex<()> = Mutex::new(());
-    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-#[derive(Clone, Default)]
-struct Log {
-    lines: Arc<Mutex<Vec<String>>>,
-    inits: Arc<Mutex<Vec<AsyncId>>>,
-}
-
-impl Log {
-    fn push(&self, line: String) {
-        self.lines.lock().unwrap().push(line);
-    }
-
-    fn take(&self) -> Vec<String> {
-        std::mem::take(&mut *self.lines.lock().unwrap())
-    }
-
-    /// The ids of the resources created since the last call, in creation order.
-    fn take_inits(&self) -> Vec<AsyncId> {
-        std::mem::take(&mut *self.inits.lock().unwrap())
-    }
-
-    /// The id of the one resource created since the last call.
-    fn only_init(&self) -> AsyncId {
-        let inits = self.take_inits();
-        assert_eq!(inits.len(), 1, "expected exactly one init, got {inits:?}");
-        inits[0]
-    }
-}
-
-/// An enabled hook logging every event; disabled when the guard drops.
-struct Recorder(AsyncHook);
-
-impl Drop for Recorder {
-    fn drop(&mut self) {
-        self.0.disable();
-    }
-}
-
-fn record(log: &Log) -> Recorder {
-    let (l1, l2, l3, l4, l5) = (
-        log.clone(),
-        log.clone(),
-        log.clone(),
-        log.clone(),
-        log.clone(),
-    );
-    Recorder(
-        create_hook(
-            Hooks::new()
-                .init(move |id, ty, trigger, _| {
-                    l1.inits.lock().unwrap().push(id);
-                    l1.push(format!("init {ty}({id}) trigger={trigger}"))
-                })
-                .before(move |id| l2.push(format!("before {id}")))
-                .after(move |id| l3.push(format!("after {id}")))
-                .destroy(move |id| l4.push(format!("destroy {id}")))
-                .promise_resolve(move |id| l5.push(format!("resolve {id}"))),
-        )
-        .enable(),
-    )
-}
-
-/// Returns `Pending` twice (waking itself each time), then `Ready`.
-#[derive(Default)]
-struct PendingTwice(u8);
-
-impl Future for PendingTwice {
-    type Output = ();
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
-        if self.0 == 2 {
-            return Poll::Ready(());
-        }
-        self.0 += 1;
-        cx.waker().wake_by_ref();
-        Poll::Pending
-    }
-}
-
-fn poll<F: Future + ?Sized>(fut: Pin<&mut F>) -> Poll<F::Output> {
-    fut.poll(&mut Context::from_waker(Waker::noop()))
-}
 
 static REQUEST: AsyncLocalStorage<u32> = AsyncLocalStorage::new();
 
@@ -115,7 +30,7 @@ fn request() -> Option<u32> {
 
 #[async_resource]
 async fn doubled_after_two_pendings(v: u32) -> u32 {
-    PendingTwice::default().await;
+    PendingN(2).await;
     v * 2
 }
 
@@ -137,11 +52,11 @@ fn init_at_the_call_then_before_after_per_poll_resolve_once_destroy_once() {
         )]
     );
 
-    assert_eq!(poll(fut.as_mut()), Poll::Pending);
+    assert_eq!(poll_once(fut.as_mut()), Poll::Pending);
     assert_eq!(log.take(), [format!("before {id}"), format!("after {id}")]);
-    assert_eq!(poll(fut.as_mut()), Poll::Pending);
+    assert_eq!(poll_once(fut.as_mut()), Poll::Pending);
     assert_eq!(log.take(), [format!("before {id}"), format!("after {id}")]);
-    assert_eq!(poll(fut.as_mut()), Poll::Ready(42));
+    assert_eq!(poll_once(fut.as_mut()), Poll::Ready(42));
     assert_eq!(
         log.take(),
         [
@@ -165,7 +80,7 @@ fn destroy_once_when_dropped_pending_or_never_polled() {
     // Dropped while pending.
     let mut fut = Box::pin(doubled_after_two_pendings(1));
     let id = log.only_init();
-    assert_eq!(poll(fut.as_mut()), Poll::Pending);
+    assert_eq!(poll_once(fut.as_mut()), Poll::Pending);
     drop(fut);
     assert_eq!(
         log.take(),
@@ -192,7 +107,7 @@ fn destroy_once_when_dropped_pending_or_never_polled() {
 
 #[async_resource(type = "Inner")]
 async fn inner() -> (AsyncId, AsyncId, &'static str) {
-    PendingTwice::default().await;
+    PendingN(2).await;
     (
         execution_async_id(),
         trigger_async_id(),
@@ -258,7 +173,7 @@ fn nested_calls_form_the_trigger_chain() {
 #[async_resource]
 async fn request_seen_inside() -> (Option<u32>, Option<u32>) {
     let first = request();
-    PendingTwice::default().await;
+    PendingN(2).await;
     (first, request())
 }
 
@@ -285,14 +200,14 @@ struct Account {
 impl Account {
     #[async_resource(type = "Account::balance")]
     async fn balance(&self) -> (u32, &'static str) {
-        PendingTwice::default().await;
+        PendingN(2).await;
         (self.balance, execution_async_resource().type_name())
     }
 
     /// `&mut self` with a borrowed argument whose lifetime is elided.
     #[async_resource]
     async fn deposit(&mut self, amount: &u32) -> u32 {
-        PendingTwice::default().await;
+        PendingN(2).await;
         self.balance += *amount;
         self.balance
     }
@@ -723,7 +638,7 @@ fn bound_async_blocks_are_resources_created_at_bind() {
     let borrowed = String::from("borrowed");
     let fut = REQUEST.run(8, || {
         bind!(async {
-            PendingTwice::default().await;
+            PendingN(2).await;
             (request(), borrowed.len(), execution_async_id())
         })
     });

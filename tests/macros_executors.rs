@@ -1,7 +1,7 @@
 //! `#[async_resource]` and `bind!` on real executors: tokio (multi-thread and current-thread),
 //! smol and `futures::executor`, with futures and closures that move between threads.
 
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_hooks::{
@@ -9,40 +9,20 @@ use async_hooks::{
     trigger_async_id,
 };
 
+mod support;
+use support::futures::YieldOnce;
+use support::serial;
+
 static REQUEST: AsyncLocalStorage<String> = AsyncLocalStorage::new();
 
 fn request() -> Option<String> {
     REQUEST.get_store().map(|r| (*r).clone())
 }
 
-/// Hooks are process-wide: the test that counts events takes this lock, and so do the others.
-fn serial() -> MutexGuard<'static, ()> {
-    static SERIAL: Mutex<()> = Mutex::new(());
-    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-/// Returns `Pending` once after waking itself: a yield that works on every executor.
-struct YieldNow(bool);
-
-impl std::future::Future for YieldNow {
-    type Output = ();
-    fn poll(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<()> {
-        if self.0 {
-            return std::task::Poll::Ready(());
-        }
-        self.0 = true;
-        cx.waker().wake_by_ref();
-        std::task::Poll::Pending
-    }
-}
-
 /// Yields to the executor `n` times, so the task may resume on another worker thread.
 async fn yield_times(n: usize) {
     for _ in 0..n {
-        YieldNow(false).await;
+        YieldOnce(false).await;
     }
 }
 

@@ -1,19 +1,19 @@
 //! Model-based property test: random programs of storage operations, snapshots, resources and
 //! bound futures (polled in random order, on this thread or another one, some cancelled) run
-//! against the library and against a small reference model of SPEC.md's semantics. After every
+//! against the library and against a small reference model of the semantics in `docs/semantics.md`. After every
 //! step the test compares every storage's `get_store()`, `execution_async_id()`,
 //! `trigger_async_id()` and the hook event log with the model's.
 //!
 //! 2 000 cases by default; `ASYNC_HOOKS_MODEL_CASES=N` runs N. A failure shrinks to a minimal
 //! program (the strategy is built from proptest combinators only).
 
-mod common;
+mod support;
+use support::futures::{YieldOnce, poll_once};
 
 use std::collections::HashSet;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
-use std::task::{Context, Poll, Waker};
 
 use async_hooks::{
     AsyncId, AsyncLocalStorage, AsyncResource, BindContext, Hooks, Snapshot, async_resource, bind,
@@ -327,25 +327,6 @@ async fn annotated_body(
     scoped_body(sh, model, polls, scope).await
 }
 
-/// Pending once, then ready.
-struct YieldOnce(bool);
-
-impl Future for YieldOnce {
-    type Output = ();
-    fn poll(mut self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<()> {
-        if self.0 {
-            Poll::Ready(())
-        } else {
-            self.0 = true;
-            Poll::Pending
-        }
-    }
-}
-
-fn poll_once(fut: &mut BoxFuture) -> Poll<()> {
-    fut.as_mut().poll(&mut Context::from_waker(Waker::noop()))
-}
-
 fn on_other_thread<R: Send>(f: impl FnOnce() -> R + Send) -> R {
     std::thread::scope(|scope| match scope.spawn(f).join() {
         Ok(r) => r,
@@ -518,11 +499,11 @@ fn exec_step(sh: &Arc<Shared>, step: &Step, frame: &mut MFrame, ids: Ids) {
                 sh.expect(Ev::Before, live.id);
                 let (poll, returned) = if *other_thread {
                     on_other_thread(move || {
-                        let poll = poll_once(&mut live.fut);
+                        let poll = poll_once(live.fut.as_mut());
                         (poll, live)
                     })
                 } else {
-                    (poll_once(&mut live.fut), live)
+                    (poll_once(live.fut.as_mut()), live)
                 };
                 let mut live = returned;
                 live.polls_left -= 1;
@@ -683,7 +664,7 @@ fn recording_hook() -> async_hooks::AsyncHook {
 
 #[test]
 fn random_programs_match_the_reference_model() {
-    let _serial = common::serial();
+    let _serial = support::serial();
     let hook = recording_hook().enable();
     let config = ProptestConfig {
         cases: cases(),

@@ -2,8 +2,8 @@
 //! `bind!` closures and a store's `Drop`: the context is restored, `after` fires, `destroy` fires
 //! exactly once, and later operations on the same thread behave.
 
-#[path = "reliability/events.rs"]
-mod events;
+mod support;
+use support::events;
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::pin::pin;
@@ -14,7 +14,9 @@ use async_hooks::{
     AsyncId, AsyncLocalStorage, AsyncResource, BindContext, Snapshot, async_resource, bind,
     execution_async_id, trigger_async_id,
 };
-use events::{Ev, PendingN, destroys_of, events_of, poll_once, serial};
+use events::{Ev, destroys_of, events_of};
+use support::futures::{PendingN, poll_once};
+use support::serial;
 
 static STORE: AsyncLocalStorage<u32> = AsyncLocalStorage::new();
 static OTHER: AsyncLocalStorage<u32> = AsyncLocalStorage::new();

@@ -3,7 +3,7 @@
 //! runs it, is one resource (`init` with the spawner as trigger, `before`/`after`, exactly one
 //! `destroy`, also when cancelled), and leaves no context behind on the thread.
 
-mod common;
+mod support;
 
 use std::collections::BTreeSet;
 use std::rc::Rc;
@@ -19,8 +19,8 @@ use async_hooks::{
     AsyncHook, AsyncId, AsyncLocalStorage, AsyncResource, Hooks, Snapshot, create_hook,
     execution_async_id,
 };
-use common::{Log, recorder, serial};
 use rayon::prelude::*;
+use support::{Log, recorder, serial};
 use tokio::task::{JoinSet, LocalSet};
 
 static REQUEST: AsyncLocalStorage<u64> = AsyncLocalStorage::new();

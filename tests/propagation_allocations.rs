@@ -7,8 +7,8 @@ use std::sync::mpsc;
 use async_hooks::tokio::JoinSetExt;
 use async_hooks::{AsyncLocalStorage, bind};
 
-#[path = "common/counting_alloc.rs"]
-mod counting_alloc;
+mod support;
+use support::counting_alloc;
 
 #[global_allocator]
 static ALLOCATOR: counting_alloc::Counting = counting_alloc::Counting;

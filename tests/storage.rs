@@ -243,6 +243,25 @@ fn disable_exits_every_context_until_the_next_run() {
     assert_eq!(live.load(Ordering::SeqCst), 0);
 }
 
+/// Node v20 revives the old store for such a resource once the storage is used again; here a
+/// disabled store is gone for good (docs/semantics.md, "Differences from Node").
+#[test]
+fn resources_created_before_disable_never_see_the_old_store_again() {
+    let store = AsyncLocalStorage::new();
+    let early = store.run(1u32, || AsyncResource::new("Early"));
+    store.disable();
+    assert_eq!(early.run_in_async_scope(|| store.get_store()), None);
+    store.run(2, || assert_eq!(store.get_store().as_deref(), Some(&2)));
+    store.enter_with(3);
+    assert_eq!(early.run_in_async_scope(|| store.get_store()), None);
+    let late = store.run(4, || AsyncResource::new("Late"));
+    assert_eq!(
+        late.run_in_async_scope(|| store.get_store()).as_deref(),
+        Some(&4)
+    );
+    assert_eq!(early.run_in_async_scope(|| store.get_store()), None);
+}
+
 #[test]
 fn stores_are_freed_when_the_last_frame_holding_them_goes() {
     let live = Arc::new(AtomicUsize::new(0));

@@ -16,12 +16,9 @@ use tracing_subscriber::Layer;
 use tracing_subscriber::layer::{Context as LayerContext, SubscriberExt};
 use tracing_subscriber::registry::LookupSpan;
 
-#[path = "common/futures.rs"]
-mod test_futures;
-use test_futures::YieldOnce;
-
-/// Hooks are process-wide: the tests of this binary take turns.
-static SERIAL: Mutex<()> = Mutex::new(());
+mod support;
+use support::futures::YieldOnce;
+use support::serial;
 
 #[derive(Default, Debug, Clone)]
 struct Fields {
@@ -111,7 +108,7 @@ async fn inner() -> u32 {
 
 #[test]
 fn spans_open_enter_exit_and_close_with_the_resources_under_their_triggers() {
-    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let _serial = serial();
     let recording = Recording::default();
     let subscriber = tracing_subscriber::registry().with(recording.clone());
     let root_id;

@@ -3,66 +3,30 @@
 use proc_macro2::{Delimiter, Group, Span, TokenStream, TokenTree};
 use quote::{format_ident, quote, quote_spanned};
 use syn::ext::IdentExt;
-use syn::parse::{Parse, ParseStream};
 use syn::spanned::Spanned;
-use syn::{
-    Attribute, Block, Expr, ExprClosure, FnArg, Pat, PatIdent, ReturnType, Signature, Stmt, Token,
-    Type, Visibility, braced,
-};
+use syn::{ExprClosure, FnArg, Pat, PatIdent, ReturnType, Type};
 
-use crate::parse::{self, Options};
-use crate::validate;
-
-/// A fn item, an impl method or a trait method (with or without a body).
-pub(crate) struct AnyFn {
-    attrs: Vec<Attribute>,
-    vis: Visibility,
-    defaultness: Option<Token![default]>,
-    sig: Signature,
-    body: Option<(Vec<Attribute>, Vec<Stmt>, proc_macro2::extra::DelimSpan)>,
-}
-
-impl Parse for AnyFn {
-    fn parse(input: ParseStream) -> syn::Result<AnyFn> {
-        let attrs = input.call(Attribute::parse_outer)?;
-        let vis: Visibility = input.parse()?;
-        let defaultness: Option<Token![default]> = input.parse()?;
-        let sig: Signature = input.parse()?;
-        let body = if input.peek(Token![;]) {
-            input.parse::<Token![;]>()?;
-            None
-        } else {
-            let content;
-            let brace = braced!(content in input);
-            let inner = content.call(Attribute::parse_inner)?;
-            let stmts = content.call(Block::parse_within)?;
-            Some((inner, stmts, brace.span))
-        };
-        Ok(AnyFn {
-            attrs,
-            vis,
-            defaultness,
-            sig,
-            body,
-        })
-    }
-}
+use crate::parse::Options;
+use crate::validate::{AsyncFn, BindTarget};
 
 /// Rewrites `async fn` into a fn whose call creates the resource and returns the future.
-pub(crate) fn async_resource(args: TokenStream, item: TokenStream) -> syn::Result<TokenStream> {
-    let options = parse::attribute_options(args)?;
-    let func: AnyFn = syn::parse2(item)?;
-    validate::signature(&func.sig)?;
-    let Some((inner_attrs, stmts, brace)) = func.body else {
-        return Err(validate::missing_body(&func.sig));
-    };
+pub(crate) fn async_resource(options: &Options, func: AsyncFn) -> syn::Result<TokenStream> {
+    let AsyncFn {
+        attrs,
+        vis,
+        defaultness,
+        sig,
+        inner_attrs,
+        stmts,
+        brace,
+    } = func;
     let krate = options.krate();
     let type_name = match &options.type_name {
         Some(lit) => lit.clone(),
-        None => syn::LitStr::new(&func.sig.ident.unraw().to_string(), func.sig.ident.span()),
+        None => syn::LitStr::new(&sig.ident.unraw().to_string(), sig.ident.span()),
     };
 
-    let mut sig = func.sig;
+    let mut sig = sig;
     sig.asyncness = None;
 
     // Every argument moves into the future, as with `async fn`: a simple `name` binding is
@@ -170,9 +134,6 @@ pub(crate) fn async_resource(args: TokenStream, item: TokenStream) -> syn::Resul
             #(#stmts)*
         }
     };
-    let attrs = func.attrs;
-    let vis = func.vis;
-    let defaultness = func.defaultness;
     let async_block = quote_spanned!(brace.join()=> async move #body);
     // The fn's braces keep the user's span (the item's span then lies in the user's code, so
     // `dead_code` and other item lints still fire); what is inside has the macro's.
@@ -187,10 +148,9 @@ pub(crate) fn async_resource(args: TokenStream, item: TokenStream) -> syn::Resul
     );
     fn_body.set_span(brace.join());
     // Like a plain `async fn`'s, the call only builds the future. Inlinable (also across
-    // crates), the caller builds it where it is then polled; out of line, LLVM often built it in
-    // a temporary and copied it there, with 16-byte loads of fields just written with 8-byte
-    // stores: a store-forwarding stall that was most of a lifecycle's time (BENCHMARKS.md). The
-    // user's own choice wins.
+    // crates), the caller builds it where it is then polled instead of copying it out of a
+    // temporary (a store-forwarding stall); the `lifecycle` rows of benches/macros.rs guard it.
+    // The user's own choice wins.
     let user_inlining = attrs
         .iter()
         .any(|attr| attr.path().is_ident("inline") || attr.path().is_ident("cold"));
@@ -217,38 +177,10 @@ fn mentions_impl(ty: &Type) -> bool {
     scan(quote!(#ty))
 }
 
-/// The input of `bind!`: options, then a closure or an async block.
-pub(crate) struct BindInput {
-    options: Options,
-    expr: Expr,
-}
-
-impl Parse for BindInput {
-    fn parse(input: ParseStream) -> syn::Result<BindInput> {
-        let options = parse::bind_options(input)?;
-        if input.is_empty() {
-            return Err(syn::Error::new(
-                Span::call_site(),
-                "bind! needs a closure or an async block: write `bind!(move || …)` or `bind!(async move { … })`",
-            ));
-        }
-        let expr: Expr = input.parse()?;
-        if input.peek(Token![,]) {
-            input.parse::<Token![,]>()?;
-        }
-        if !input.is_empty() {
-            return Err(input.error(
-                "bind! takes one closure or async block after its options: remove what follows it",
-            ));
-        }
-        Ok(BindInput { options, expr })
-    }
-}
-
 /// Expands `bind!(...)`.
-pub(crate) fn bind(input: BindInput) -> syn::Result<TokenStream> {
-    let krate = input.options.krate();
-    let (ty_static, ty_ref) = match &input.options.type_name {
+pub(crate) fn bind(options: &Options, target: BindTarget) -> TokenStream {
+    let krate = options.krate();
+    let (ty_static, ty_ref) = match &options.type_name {
         Some(name) => (
             quote! {
                 static __ASYNC_HOOKS_TYPE: #krate::__private::ResourceType =
@@ -258,26 +190,14 @@ pub(crate) fn bind(input: BindInput) -> syn::Result<TokenStream> {
         ),
         None => (quote!(), quote!(&#krate::__private::BOUND_TYPE)),
     };
-    let mut expr = &input.expr;
-    while let Expr::Group(group) = expr {
-        expr = &group.expr;
-    }
-    match expr {
-        Expr::Closure(closure) => bind_closure(closure, &krate, ty_static, ty_ref),
-        Expr::Async(block) => Ok(quote! {
+    match target {
+        BindTarget::Closure(closure) => bind_closure(&closure, &krate, ty_static, ty_ref),
+        BindTarget::Async(block) => quote! {
             {
                 #ty_static
                 #krate::__private::Instrumented::new(#ty_ref, #block)
             }
-        }),
-        Expr::Paren(paren) => Err(syn::Error::new_spanned(
-            paren,
-            "bind! takes a closure or an async block directly: remove the parentheses",
-        )),
-        other => Err(syn::Error::new_spanned(
-            other,
-            "bind! takes a closure or an async block: write `bind!(move |x| f(x))` or `bind!(async move { … })`; to bind a future you already have, call `.bind_context()` on it (from `async_hooks::BindContext`)",
-        )),
+        },
     }
 }
 
@@ -286,13 +206,7 @@ fn bind_closure(
     krate: &syn::Path,
     ty_static: TokenStream,
     ty_ref: TokenStream,
-) -> syn::Result<TokenStream> {
-    if let Some(asyncness) = &closure.asyncness {
-        return Err(syn::Error::new(
-            asyncness.span(),
-            "bind! does not take an async closure: bind the future each call makes instead, e.g. `move |x| bind!(async move { … })`, or write `bind!(async move { … })` for one future",
-        ));
-    }
+) -> TokenStream {
     // The outer closure has the user's arity and parameter types; the user's closure is kept
     // intact (its captures, `move`-ness and Fn trait) and called inside the resource's scope.
     // It is bound as `closure` (it cannot see that binding: it is the initializer), so
@@ -310,7 +224,7 @@ fn bind_closure(
         }
         args.push(arg);
     }
-    Ok(quote! {
+    quote! {
         {
             #ty_static
             #[allow(unused_mut)]
@@ -318,7 +232,7 @@ fn bind_closure(
             let __async_hooks_r = #krate::__private::bound_resource(#ty_ref);
             move |#(#params),*| __async_hooks_r.run_in_async_scope(|| closure(#(#args),*))
         }
-    })
+    }
 }
 
 #[cfg(test)]
@@ -326,8 +240,9 @@ mod tests {
     use super::*;
 
     fn expand(item: &str) -> String {
-        let item = item.parse().expect("valid tokens");
-        async_resource(TokenStream::new(), item)
+        let func = syn::parse_str(item).expect("parses");
+        let func = crate::validate::async_fn(func).expect("valid");
+        async_resource(&Options::default(), func)
             .expect("expands")
             .to_string()
     }

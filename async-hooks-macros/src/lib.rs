@@ -8,6 +8,8 @@
 
 use proc_macro::TokenStream;
 
+// Each macro is parse (syntax) → validate (what the macro accepts) → expand (code generation,
+// on validated input only), as in tracing-attributes.
 mod expand;
 mod parse;
 mod validate;
@@ -49,7 +51,11 @@ mod validate;
 /// [`execution_async_id`]: https://docs.rs/async-hooks/latest/async_hooks/fn.execution_async_id.html
 #[proc_macro_attribute]
 pub fn async_resource(args: TokenStream, item: TokenStream) -> TokenStream {
-    match expand::async_resource(args.into(), item.clone().into()) {
+    let expanded = parse::attribute_options(args.into()).and_then(|options| {
+        let func = validate::async_fn(syn::parse(item.clone())?)?;
+        expand::async_resource(&options, func)
+    });
+    match expanded {
         Ok(tokens) => tokens.into(),
         Err(error) => token_stream_with_error(item, error),
     }
@@ -83,7 +89,11 @@ pub fn async_resource(args: TokenStream, item: TokenStream) -> TokenStream {
 /// ```
 #[proc_macro]
 pub fn bind(input: TokenStream) -> TokenStream {
-    match syn::parse::<expand::BindInput>(input).and_then(expand::bind) {
+    let expanded = syn::parse::<parse::BindInput>(input).and_then(|input| {
+        let target = validate::bind_target(input.expr)?;
+        Ok(expand::bind(&input.options, target))
+    });
+    match expanded {
         Ok(tokens) => tokens.into(),
         Err(error) => error.to_compile_error().into(),
     }

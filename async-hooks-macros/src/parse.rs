@@ -1,8 +1,14 @@
-//! Option parsing for `#[async_resource(...)]` and the option prefix of `bind!(...)`.
+//! Parsing: the options of `#[async_resource(...)]`, the item it is applied to, and the input
+//! of `bind!(...)`. What is parsed here is checked by `validate` before `expand` sees it.
 
+use proc_macro2::Span;
+use proc_macro2::extra::DelimSpan;
 use syn::ext::IdentExt;
-use syn::parse::{ParseStream, Parser};
-use syn::{Expr, ExprLit, ExprPath, Ident, Lit, LitStr, Path, Token};
+use syn::parse::{Parse, ParseStream, Parser};
+use syn::{
+    Attribute, Block, Expr, ExprLit, ExprPath, Ident, Lit, LitStr, Path, Signature, Stmt, Token,
+    Visibility, braced,
+};
 
 /// Which macro the options belong to: the messages name it and say what its defaults are.
 #[derive(Clone, Copy)]
@@ -77,7 +83,7 @@ pub(crate) fn attribute_options(args: proc_macro2::TokenStream) -> syn::Result<O
 }
 
 /// True when the input starts with `name =` (an option), not `name ==` or a closure.
-pub(crate) fn peek_option(input: ParseStream) -> bool {
+fn peek_option(input: ParseStream) -> bool {
     let fork = input.fork();
     if fork.call(Ident::parse_any).is_err() {
         return false;
@@ -86,7 +92,7 @@ pub(crate) fn peek_option(input: ParseStream) -> bool {
 }
 
 /// Parses the `option = value,` prefix of `bind!(...)`.
-pub(crate) fn bind_options(input: ParseStream) -> syn::Result<Options> {
+fn bind_options(input: ParseStream) -> syn::Result<Options> {
     let mut options = Options::default();
     while peek_option(input) {
         parse_one(input, Macro::Bind, &mut options)?;
@@ -195,5 +201,71 @@ fn crate_path(value: Expr) -> syn::Result<Path> {
             other,
             "option `crate` takes a path: write `crate = ::async_hooks` or the path you re-export async-hooks under, e.g. `crate = ::my_crate::async_hooks`",
         )),
+    }
+}
+
+/// A fn item, an impl method or a trait method (with or without a body): whatever
+/// `#[async_resource]` may be applied to, before `validate::async_fn` checks it.
+pub(crate) struct AnyFn {
+    pub(crate) attrs: Vec<Attribute>,
+    pub(crate) vis: Visibility,
+    pub(crate) defaultness: Option<Token![default]>,
+    pub(crate) sig: Signature,
+    /// The body's inner attributes, statements and braces; `None` for a declaration (`;`).
+    pub(crate) body: Option<(Vec<Attribute>, Vec<Stmt>, DelimSpan)>,
+}
+
+impl Parse for AnyFn {
+    fn parse(input: ParseStream) -> syn::Result<AnyFn> {
+        let attrs = input.call(Attribute::parse_outer)?;
+        let vis: Visibility = input.parse()?;
+        let defaultness: Option<Token![default]> = input.parse()?;
+        let sig: Signature = input.parse()?;
+        let body = if input.peek(Token![;]) {
+            input.parse::<Token![;]>()?;
+            None
+        } else {
+            let content;
+            let brace = braced!(content in input);
+            let inner = content.call(Attribute::parse_inner)?;
+            let stmts = content.call(Block::parse_within)?;
+            Some((inner, stmts, brace.span))
+        };
+        Ok(AnyFn {
+            attrs,
+            vis,
+            defaultness,
+            sig,
+            body,
+        })
+    }
+}
+
+/// The input of `bind!`: options, then one expression (`validate::bind_target` checks that it
+/// is a closure or an async block).
+pub(crate) struct BindInput {
+    pub(crate) options: Options,
+    pub(crate) expr: Expr,
+}
+
+impl Parse for BindInput {
+    fn parse(input: ParseStream) -> syn::Result<BindInput> {
+        let options = bind_options(input)?;
+        if input.is_empty() {
+            return Err(syn::Error::new(
+                Span::call_site(),
+                "bind! needs a closure or an async block: write `bind!(move || …)` or `bind!(async move { … })`",
+            ));
+        }
+        let expr: Expr = input.parse()?;
+        if input.peek(Token![,]) {
+            input.parse::<Token![,]>()?;
+        }
+        if !input.is_empty() {
+            return Err(input.error(
+                "bind! takes one closure or async block after its options: remove what follows it",
+            ));
+        }
+        Ok(BindInput { options, expr })
     }
 }

@@ -32,7 +32,7 @@ pub fn counting_hook() -> AsyncHook {
 /// Inlined into every bench, as in `instructions.rs`: out of line, whether LLVM inlined it
 /// decided whether the freshly built future was copied into it (with 16-byte loads of fields
 /// just written with 8-byte stores: a store-forwarding stall), and so which lifecycle rows paid
-/// that stall. In one build tokio's `scope` did and ours did not, in the next the reverse.
+/// that stall, differently from one build to the next.
 #[inline(always)]
 pub fn poll_to_ready<F: Future>(fut: F) -> F::Output {
     let mut fut = std::pin::pin!(fut);

@@ -1,5 +1,4 @@
 //! Small futures shared by the tests that drive polls by hand.
-#![allow(dead_code)] // each test binary uses only some of these
 
 use std::future::Future;
 use std::pin::{Pin, pin};
@@ -30,4 +29,25 @@ impl Future for YieldOnce {
             Poll::Pending
         }
     }
+}
+
+/// Pending `n` times (waking itself), then ready.
+pub struct PendingN(pub u32);
+
+impl Future for PendingN {
+    type Output = ();
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        if self.0 == 0 {
+            Poll::Ready(())
+        } else {
+            self.0 -= 1;
+            cx.waker().wake_by_ref();
+            Poll::Pending
+        }
+    }
+}
+
+/// Polls `fut` once with a no-op waker.
+pub fn poll_once<F: Future + ?Sized>(fut: Pin<&mut F>) -> Poll<F::Output> {
+    fut.poll(&mut Context::from_waker(Waker::noop()))
 }

@@ -1,7 +1,7 @@
-//! A global allocator that counts, per thread, the allocations made and the bytes still held.
+//! A global allocator that counts, per thread, the allocations made, the bytes allocated and the
+//! bytes still held.
 //! Included by the test binaries that measure allocations; each declares it as its
 //! `#[global_allocator]`.
-#![allow(dead_code)] // each binary reads only some of the counters
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
@@ -12,11 +12,13 @@ pub struct Counting;
 thread_local! {
     static ALLOCATIONS: Cell<u64> = const { Cell::new(0) };
     static NET_BYTES: Cell<i64> = const { Cell::new(0) };
+    static ALLOCATED_BYTES: Cell<u64> = const { Cell::new(0) };
 }
 
 fn note_alloc(size: usize) {
     let _ = ALLOCATIONS.try_with(|n| n.set(n.get() + 1));
     let _ = NET_BYTES.try_with(|n| n.set(n.get() + size as i64));
+    let _ = ALLOCATED_BYTES.try_with(|n| n.set(n.get() + size as u64));
 }
 
 fn note_dealloc(size: usize) {
@@ -51,4 +53,9 @@ pub fn allocations() -> u64 {
 /// Bytes allocated and not yet freed by this thread so far.
 pub fn net_bytes() -> i64 {
     NET_BYTES.with(Cell::get)
+}
+
+/// Bytes allocated by this thread so far (freed or not).
+pub fn allocated_bytes() -> u64 {
+    ALLOCATED_BYTES.with(Cell::get)
 }
