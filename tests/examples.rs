@@ -127,6 +127,54 @@ fn request_logger_rejects_unknown_flags() {
 }
 
 #[test]
+fn axum_service_200_requests_at_concurrency_32() {
+    let run = run_example(
+        "axum_service",
+        &["--requests", "200", "--concurrency", "32"],
+    );
+    assert_eq!(run.code, Some(0), "stderr: {}", run.stderr);
+    assert_eq!(run.stderr, "");
+    let lines = run.lines();
+    assert_eq!(lines.len(), 23, "{lines:#?}");
+    for line in &lines[..20] {
+        let (id, msg) = line
+            .split_once(": ")
+            .unwrap_or_else(|| panic!("not a log line: {line:?}"));
+        // A client's id, or a UUID made by the server for a request that came without one.
+        let generated = id.len() == 36 && id.matches('-').count() == 4;
+        assert!(id.starts_with("req-") || generated, "{line}");
+        assert!(
+            [
+                "start order ",
+                "db query for order ",
+                "audit order ",
+                "chunk "
+            ]
+            .iter()
+            .any(|prefix| msg.starts_with(prefix)),
+            "{line}"
+        );
+    }
+    assert_eq!(lines[20], "... (1180 more log lines)");
+    assert_eq!(
+        lines[21],
+        "log lines: 1200, responses: 200 (100 over HTTP/2, 40 with a generated id)"
+    );
+    assert_eq!(lines[22], "requests: 200, mismatches: 0");
+}
+
+#[test]
+fn axum_service_rejects_unknown_flags() {
+    let run = run_example("axum_service", &["--requests"]);
+    assert_eq!(run.code, Some(2));
+    assert!(
+        run.stderr.contains("--requests needs a value"),
+        "{}",
+        run.stderr
+    );
+}
+
+#[test]
 fn worker_pool_callbacks_run_in_their_submitters_context() {
     let run = run_example("worker_pool", &[]);
     assert_eq!(run.code, Some(0), "stderr: {}", run.stderr);
@@ -252,4 +300,24 @@ fn hooks_trace_prints_the_indented_trace() {
     );
     assert!(lines.iter().any(|l| l.starts_with("destroy:  ")));
     assert!(lines.iter().any(|l| l.contains(">>> timer fired in ")));
+}
+
+#[test]
+fn observability_every_line_has_its_request_id_and_every_span_its_callers_trace() {
+    let run = run_example("observability", &["--requests", "16"]);
+    assert_eq!(run.code, Some(0), "stderr: {}", run.stderr);
+    let lines = run.lines();
+    assert_eq!(lines.len(), 16 * 3 + 1, "{lines:#?}");
+    for line in &lines[..48] {
+        assert!(line.starts_with(" INFO "), "{line}");
+        let id = line
+            .split_once(" request_id=")
+            .unwrap_or_else(|| panic!("no request_id: {line}"))
+            .1;
+        assert!(line.contains(&format!(" n={id} ")), "{line}");
+    }
+    assert_eq!(
+        lines[48],
+        "requests: 16, log lines: 48, spans: 48 in 16 traces, mismatches: 0"
+    );
 }
