@@ -22,7 +22,7 @@ use std::process::ExitCode;
 use std::sync::Mutex;
 use std::time::Duration;
 
-use async_hooks::{AsyncLocalStorage, async_resource, bind};
+use async_hooks::{AsyncLocalStorage, async_resource};
 use futures::StreamExt;
 use http_body_util::{BodyExt, Empty, Full};
 use hyper::body::{Bytes, Incoming};
@@ -85,28 +85,28 @@ async fn serve(expected: u64) -> String {
     }
 }
 
-/// Fans out to a spawned task, which may run on another worker thread; `bind!` makes it carry
-/// this request's context there.
+/// Fans out to a spawned task, which may run on another worker thread;
+/// `async_hooks::tokio::spawn` makes it carry this request's context there.
 #[async_resource(type = "DBQuery")]
 async fn query_db(expected: u64) -> String {
-    let task = tokio::spawn(bind!(async move {
+    let task = async_hooks::tokio::spawn(async move {
         // Let the requests interleave.
         tokio::time::sleep(Duration::from_millis(1 + expected % 5)).await;
         log_with_id(expected, "db query done");
         REQUEST_ID.get_store().map_or(u64::MAX, |id| *id)
-    }));
+    });
     let id = task.await.expect("the db task panicked");
     format!("user#{id}")
 }
 
-/// Fans out to the blocking pool; the bound closure runs with this request's store.
+/// Fans out to the blocking pool; the closure runs with this request's store.
 #[async_resource(type = "Render")]
 async fn render(expected: u64, user: String) -> String {
-    let job = tokio::task::spawn_blocking(bind!(move || {
+    let job = async_hooks::tokio::spawn_blocking(move || {
         log_with_id(expected, "rendered");
         let id = REQUEST_ID.get_store().map_or(u64::MAX, |id| *id);
         format!("<p>{user}</p>#{id}")
-    }));
+    });
     job.await.expect("the render job panicked")
 }
 

@@ -12,6 +12,11 @@
 //! (`task 3: 142 (store 3)`), then a hook's count of `WorkerPoolTaskInfo` inits and destroys.
 //! The exit code is 1 if any callback sees another store or the counts are off.
 //!
+//! The pool is created inside a `STORE.run`, as a pool made lazily by the first request that
+//! needs it would be. Its workers start from [`Snapshot::empty`] (with
+//! [`BuilderExt::spawn_bound`]), so they neither see nor keep alive that store; a worker that
+//! sees one reports an error instead of a result.
+//!
 //! Run with `cargo run --example worker_pool`.
 
 use std::collections::VecDeque;
@@ -20,8 +25,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc;
 use std::thread;
 
+use async_hooks::thread::BuilderExt;
 use async_hooks::{
-    AsyncId, AsyncLocalStorage, AsyncResource, Hooks, create_hook, execution_async_id,
+    AsyncId, AsyncLocalStorage, AsyncResource, Hooks, Snapshot, create_hook, execution_async_id,
     execution_async_resource, trigger_async_id,
 };
 
@@ -81,17 +87,24 @@ impl WorkerPool {
             .map(|index| {
                 let (jobs, rx) = mpsc::channel::<Task>();
                 let results_tx = results_tx.clone();
-                let handle = thread::Builder::new()
-                    .name(format!("worker-{index}"))
-                    .spawn(move || {
-                        for Task { a, b } in rx {
-                            let result = a
-                                .checked_add(b)
-                                .ok_or_else(|| format!("{a} + {b} overflows"));
-                            if results_tx.send((index, result)).is_err() {
-                                break;
-                            }
-                        }
+                // A worker outlives the code that creates the pool: it inherits no store.
+                let handle = Snapshot::empty()
+                    .run(|| {
+                        thread::Builder::new()
+                            .name(format!("worker-{index}"))
+                            .spawn_bound(move || {
+                                for Task { a, b } in rx {
+                                    let result = match STORE.get_store() {
+                                        Some(store) => Err(format!("worker sees store {store}")),
+                                        None => a
+                                            .checked_add(b)
+                                            .ok_or_else(|| format!("{a} + {b} overflows")),
+                                    };
+                                    if results_tx.send((index, result)).is_err() {
+                                        break;
+                                    }
+                                }
+                            })
                     })
                     .expect("spawn a worker thread");
                 Worker {
@@ -182,7 +195,7 @@ fn main() -> ExitCode {
     .enable();
 
     let mismatches = std::sync::Arc::new(AtomicUsize::new(0));
-    let mut pool = WorkerPool::new(4);
+    let mut pool = STORE.run(u32::MAX, || WorkerPool::new(4));
     for i in 0..10 {
         let mismatches = mismatches.clone();
         STORE.run(i, || {

@@ -956,6 +956,91 @@ impl Snapshot {
             state.frame.enter_scope(&self.frame, end, f)
         })
     }
+
+    /// A context with no stores: inside [`run`](Snapshot::run) every storage reads as it does at
+    /// the top level of a new thread (`None`, or its [`with_default`](AsyncLocalStorage::with_default)
+    /// value), and resources created there inherit nothing. Use it to start work that must not
+    /// keep the caller's stores alive or see them (a long-lived worker, a cache refresh): the
+    /// suppress-flow of .NET's `ExecutionContext.SuppressFlow`. Hooks still see what is created
+    /// inside: only the storage context is empty, not the async ids.
+    ///
+    /// ```
+    /// use async_hooks::{AsyncLocalStorage, BindContext, Snapshot};
+    ///
+    /// static USER: AsyncLocalStorage<&str> = AsyncLocalStorage::new();
+    ///
+    /// USER.run("ada", || {
+    ///     let detached = Snapshot::empty().run(|| async { USER.get_store() }.bind_context());
+    ///     assert_eq!(futures::executor::block_on(detached), None);
+    ///     assert_eq!(*USER.get_store().unwrap(), "ada");
+    /// });
+    /// ```
+    pub fn empty() -> Snapshot {
+        Snapshot::default()
+    }
+
+    /// Captures the current context now and returns `f` as a closure that runs every call in it
+    /// (Node's `AsyncLocalStorage.bind(fn)`, and the function `AsyncLocalStorage.snapshot()`
+    /// returns). Unlike `bind!`, the closure is not an async resource: it switches the storage
+    /// context only, not the async ids, and fires no hook.
+    ///
+    /// Rust picks a closure's kind from its body, so there is one function per kind: `wrap`
+    /// for an [`Fn`] (callable from many threads at once when `f` is `Sync`),
+    /// [`wrap_mut`](Snapshot::wrap_mut) for an [`FnMut`] and [`wrap_once`](Snapshot::wrap_once)
+    /// for an [`FnOnce`]. Each returns a closure of the same kind, `Send`/`Sync` when `f` is.
+    ///
+    /// ```
+    /// use async_hooks::{AsyncLocalStorage, Snapshot};
+    ///
+    /// static USER: AsyncLocalStorage<&str> = AsyncLocalStorage::new();
+    ///
+    /// let greet = USER.run("ada", || Snapshot::wrap(|| format!("hi {}", USER.get_store().unwrap())));
+    /// USER.run("bob", || assert_eq!(greet(), "hi ada"));
+    /// assert_eq!(greet(), "hi ada");
+    /// ```
+    pub fn wrap<R>(f: impl Fn() -> R) -> impl Fn() -> R {
+        let snapshot = Snapshot::capture();
+        move || snapshot.run(&f)
+    }
+
+    /// [`wrap`](Snapshot::wrap) for a closure that mutates what it captures.
+    ///
+    /// ```
+    /// use async_hooks::{AsyncLocalStorage, Snapshot};
+    ///
+    /// static STEP: AsyncLocalStorage<u32> = AsyncLocalStorage::new();
+    ///
+    /// let mut seen = Vec::new();
+    /// let mut record = STEP.run(2, || Snapshot::wrap_mut(|| seen.push(*STEP.get_store().unwrap())));
+    /// record();
+    /// record();
+    /// drop(record);
+    /// assert_eq!(seen, [2, 2]);
+    /// ```
+    pub fn wrap_mut<R>(mut f: impl FnMut() -> R) -> impl FnMut() -> R {
+        let snapshot = Snapshot::capture();
+        move || snapshot.run(&mut f)
+    }
+
+    /// [`wrap`](Snapshot::wrap) for a closure called once, such as one that moves what it
+    /// captures out (a job handed to a thread or a queue).
+    ///
+    /// ```
+    /// use async_hooks::{AsyncLocalStorage, Snapshot};
+    ///
+    /// static USER: AsyncLocalStorage<String> = AsyncLocalStorage::new();
+    ///
+    /// let name = String::from("greeting");
+    /// let job = USER.run("ada".to_string(), || {
+    ///     Snapshot::wrap_once(move || format!("{name} for {}", USER.get_store().unwrap()))
+    /// });
+    /// let text = std::thread::spawn(job).join().unwrap();
+    /// assert_eq!(text, "greeting for ada");
+    /// ```
+    pub fn wrap_once<R>(f: impl FnOnce() -> R) -> impl FnOnce() -> R {
+        let snapshot = Snapshot::capture();
+        move || snapshot.run(f)
+    }
 }
 
 impl fmt::Debug for Snapshot {
