@@ -26,7 +26,7 @@ use std::time::Duration;
 
 use async_hooks::hyper::BindingExecutor;
 use async_hooks::tower::ScopeLayer;
-use async_hooks::{AsyncLocalStorage, async_resource, bind};
+use async_hooks::{AsyncLocalStorage, async_resource};
 use axum::Router;
 use axum::body::Body;
 use axum::extract::Path;
@@ -95,10 +95,10 @@ async fn order(Path(n): Path<u64>, headers: HeaderMap) -> Response<Body> {
     );
     let total = load_order(expected.clone(), n).await;
     let audited = expected.clone();
-    let audit = tokio::spawn(bind!(async move {
+    let audit = async_hooks::tokio::spawn(async move {
         tokio::time::sleep(Duration::from_millis(1 + n % 3)).await;
         log_with_id(&audited, format!("audit order {n}"));
-    }));
+    });
     audit.await.expect("the audit task panicked");
 
     let handler_id = REQUEST_ID

@@ -9,7 +9,7 @@
 //!   with no argument passed at any `info!`.
 //! - `otel::propagate()` carries the OpenTelemetry context into every async resource: the
 //!   handler's span is a child of the caller's, and the spans of the nested `#[async_resource]`
-//!   query and of the `tokio::spawn(bind!(…))` task are children of the handler's. Spans go to
+//!   query and of the `async_hooks::tokio::spawn` task are children of the handler's. Spans go to
 //!   OpenTelemetry SDK's in-memory exporter.
 //!
 //! The program serves on an ephemeral port, sends `--requests N` (default 8) concurrent
@@ -25,7 +25,7 @@ use std::sync::Mutex;
 
 use async_hooks::tower::ScopeLayer;
 use async_hooks::tracing_bridge::StoreFields;
-use async_hooks::{AsyncLocalStorage, async_resource, bind, otel};
+use async_hooks::{AsyncLocalStorage, async_resource, otel};
 use axum::body::Body;
 use axum::extract::Path;
 use axum::routing::get;
@@ -86,11 +86,11 @@ async fn order(Path(n): Path<u64>) -> String {
     // Work created while the handler's span is current becomes its child.
     let (query, audit) = {
         let _current = cx.clone().attach();
-        let audit = tokio::spawn(bind!(async move {
+        let audit = async_hooks::tokio::spawn(async move {
             tokio::task::yield_now().await;
             let _span = tracer().start("audit");
             info!(n, "audit written");
-        }));
+        });
         (load_order(n), audit)
     };
     let total = query.await;
