@@ -18,6 +18,9 @@
 //!
 //! Run with `cargo run --example axum_service -- --requests 200 --concurrency 32`.
 
+#[path = "support/flags.rs"]
+mod flags;
+
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::process::ExitCode;
@@ -227,53 +230,35 @@ struct Args {
 
 const USAGE: &str = "usage: axum_service [--requests N] [--concurrency C]";
 
-fn parse_args() -> Result<Args, String> {
+const PROGRAM: &str = "axum_service";
+
+fn parse_args() -> Args {
     let mut args = Args {
         requests: 20,
         concurrency: 8,
     };
-    let mut it = std::env::args().skip(1);
-    while let Some(flag) = it.next() {
-        let (name, inline) = match flag.split_once('=') {
-            Some((name, value)) => (name.to_string(), Some(value.to_string())),
-            None => (flag.clone(), None),
-        };
-        let mut value = || {
-            inline
-                .clone()
-                .or_else(|| it.next())
-                .ok_or_else(|| format!("{name} needs a value"))
-        };
-        match name.as_str() {
-            "--requests" => {
-                args.requests = value()?.parse().map_err(|e| format!("--requests: {e}"))?;
-            }
-            "--concurrency" => {
-                args.concurrency = value()?
-                    .parse()
-                    .map_err(|e| format!("--concurrency: {e}"))?;
-                if args.concurrency == 0 {
-                    return Err("--concurrency must be at least 1".into());
+    flags::parse(
+        PROGRAM,
+        USAGE,
+        &["--requests", "--concurrency"],
+        |name, value| {
+            match name {
+                "--requests" => args.requests = flags::number(name, value)?,
+                _ => {
+                    args.concurrency = flags::number(name, value)?;
+                    if args.concurrency == 0 {
+                        return Err("--concurrency must be at least 1".into());
+                    }
                 }
             }
-            "-h" | "--help" => {
-                println!("{USAGE}");
-                std::process::exit(0);
-            }
-            other => return Err(format!("unknown argument {other:?}")),
-        }
-    }
-    Ok(args)
+            Ok(())
+        },
+    );
+    args
 }
 
 fn main() -> ExitCode {
-    let args = match parse_args() {
-        Ok(args) => args,
-        Err(err) => {
-            eprintln!("axum_service: {err}\n{USAGE}");
-            return ExitCode::from(2);
-        }
-    };
+    let args = parse_args();
 
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(4)

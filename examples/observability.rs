@@ -19,6 +19,9 @@
 //!
 //! Run with `cargo run --example observability`.
 
+#[path = "support/flags.rs"]
+mod flags;
+
 use std::io::Write;
 use std::process::ExitCode;
 use std::sync::Mutex;
@@ -113,31 +116,20 @@ fn trace_of(i: u64) -> (TraceId, SpanId) {
     )
 }
 
-fn parse_args() -> Result<u64, String> {
-    let mut args = std::env::args().skip(1);
+const PROGRAM: &str = "observability";
+const USAGE: &str = "usage: observability [--requests N]";
+
+fn parse_args() -> u64 {
     let mut requests = 8;
-    while let Some(arg) = args.next() {
-        match arg.as_str() {
-            "--requests" => {
-                requests = args
-                    .next()
-                    .and_then(|v| v.parse().ok())
-                    .ok_or("--requests needs a number")?;
-            }
-            other => return Err(format!("unknown argument {other:?}")),
-        }
-    }
-    Ok(requests)
+    flags::parse(PROGRAM, USAGE, &["--requests"], |name, value| {
+        requests = flags::number(name, value)?;
+        Ok(())
+    });
+    requests
 }
 
 fn main() -> ExitCode {
-    let requests = match parse_args() {
-        Ok(n) => n,
-        Err(e) => {
-            eprintln!("error: {e}\nusage: observability [--requests N]");
-            return ExitCode::from(2);
-        }
-    };
+    let requests = parse_args();
 
     // Logs: `request_id=…` on every line.
     tracing_subscriber::registry()

@@ -16,6 +16,9 @@
 //!
 //! Run with `cargo run --example request_logger -- --requests 200 --concurrency 32`.
 
+#[path = "support/flags.rs"]
+mod flags;
+
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::process::ExitCode;
@@ -170,55 +173,36 @@ struct Args {
     concurrency: usize,
 }
 
-fn parse_args() -> Result<Args, String> {
+const PROGRAM: &str = "request_logger";
+const USAGE: &str = "usage: request_logger [--requests N] [--concurrency C]";
+
+fn parse_args() -> Args {
     let mut args = Args {
         requests: 20,
         concurrency: 8,
     };
-    let mut it = std::env::args().skip(1);
-    while let Some(flag) = it.next() {
-        let (name, inline) = match flag.split_once('=') {
-            Some((name, value)) => (name.to_string(), Some(value.to_string())),
-            None => (flag.clone(), None),
-        };
-        let mut value = || {
-            inline
-                .clone()
-                .or_else(|| it.next())
-                .ok_or_else(|| format!("{name} needs a value"))
-        };
-        match name.as_str() {
-            "--requests" => {
-                args.requests = value()?.parse().map_err(|e| format!("--requests: {e}"))?;
-            }
-            "--concurrency" => {
-                args.concurrency = value()?
-                    .parse()
-                    .map_err(|e| format!("--concurrency: {e}"))?;
-                if args.concurrency == 0 {
-                    return Err("--concurrency must be at least 1".into());
+    flags::parse(
+        PROGRAM,
+        USAGE,
+        &["--requests", "--concurrency"],
+        |name, value| {
+            match name {
+                "--requests" => args.requests = flags::number(name, value)?,
+                _ => {
+                    args.concurrency = flags::number(name, value)?;
+                    if args.concurrency == 0 {
+                        return Err("--concurrency must be at least 1".into());
+                    }
                 }
             }
-            "-h" | "--help" => {
-                println!("usage: request_logger [--requests N] [--concurrency C]");
-                std::process::exit(0);
-            }
-            other => return Err(format!("unknown argument {other:?}")),
-        }
-    }
-    Ok(args)
+            Ok(())
+        },
+    );
+    args
 }
 
 fn main() -> ExitCode {
-    let args = match parse_args() {
-        Ok(args) => args,
-        Err(err) => {
-            eprintln!(
-                "request_logger: {err}\nusage: request_logger [--requests N] [--concurrency C]"
-            );
-            return ExitCode::from(2);
-        }
-    };
+    let args = parse_args();
     PRINT_ALL.store(
         args.requests <= PRINTED_LINES as u64,
         std::sync::atomic::Ordering::Relaxed,

@@ -14,6 +14,9 @@
 //! Run with `cargo run --example trace_export -- --out target/trace` (default: the current
 //! directory).
 
+#[path = "support/flags.rs"]
+mod flags;
+
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -115,46 +118,25 @@ struct Args {
 
 const USAGE: &str = "usage: trace_export [--out DIR] [--requests N]";
 
-fn parse_args() -> Result<Args, String> {
+const PROGRAM: &str = "trace_export";
+
+fn parse_args() -> Args {
     let mut args = Args {
         out: PathBuf::from("."),
         requests: 3,
     };
-    let mut it = std::env::args().skip(1);
-    while let Some(flag) = it.next() {
-        let (name, inline) = match flag.split_once('=') {
-            Some((name, value)) => (name.to_string(), Some(value.to_string())),
-            None => (flag.clone(), None),
-        };
-        let mut value = || {
-            inline
-                .clone()
-                .or_else(|| it.next())
-                .ok_or_else(|| format!("{name} needs a value"))
-        };
-        match name.as_str() {
-            "--out" => args.out = PathBuf::from(value()?),
-            "--requests" => {
-                args.requests = value()?.parse().map_err(|e| format!("--requests: {e}"))?;
-            }
-            "-h" | "--help" => {
-                println!("{USAGE}");
-                std::process::exit(0);
-            }
-            other => return Err(format!("unknown argument {other:?}")),
+    flags::parse(PROGRAM, USAGE, &["--out", "--requests"], |name, value| {
+        match name {
+            "--out" => args.out = PathBuf::from(value),
+            _ => args.requests = flags::number(name, value)?,
         }
-    }
-    Ok(args)
+        Ok(())
+    });
+    args
 }
 
 fn main() -> ExitCode {
-    let args = match parse_args() {
-        Ok(args) => args,
-        Err(err) => {
-            eprintln!("trace_export: {err}\n{USAGE}");
-            return ExitCode::from(2);
-        }
-    };
+    let args = parse_args();
 
     let recorder = Recorder::new(1 << 20);
     let hook = create_hook(recorder.clone()).enable();
