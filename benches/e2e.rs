@@ -23,8 +23,8 @@ mod counting_alloc;
 
 use std::hint::black_box;
 use std::process::Command;
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use async_hooks::{AsyncLocalStorage, Hooks, async_resource, bind, create_hook};
@@ -40,6 +40,7 @@ static STORE: AsyncLocalStorage<u64> = AsyncLocalStorage::new().with_name("reque
 
 tokio::task_local! {
     static TL: u64;
+    static TL_ARC: Arc<u64>;
 }
 
 /// The request id as an OpenTelemetry context value.
@@ -79,6 +80,22 @@ async fn request_task_local() -> u64 {
 
 async fn nested_task_local() -> u64 {
     read_task_local()
+}
+
+fn read_task_local_arc() -> u64 {
+    TL_ARC.with(|id| black_box(**id))
+}
+
+fn keep_task_local_arc() -> u64 {
+    *black_box(TL_ARC.with(Arc::clone))
+}
+
+async fn request_task_local_arc() -> u64 {
+    request_body!(read: read_task_local_arc(), keep: keep_task_local_arc(), nested: nested_task_local_arc())
+}
+
+async fn nested_task_local_arc() -> u64 {
+    read_task_local_arc()
 }
 
 fn read_otel() -> u64 {
@@ -126,19 +143,36 @@ async fn nested_resource() -> u64 {
     read_store()
 }
 
+#[async_resource(type = "Request")]
+async fn request_resource_by_hand(id: u64) -> u64 {
+    request_body!(read: black_box(id), keep: black_box(id), nested: nested_resource_by_hand(id))
+}
+
+#[async_resource(type = "Nested")]
+async fn nested_resource_by_hand(id: u64) -> u64 {
+    black_box(id)
+}
+
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 enum Variant {
     Plain,
     TaskLocal,
+    /// Reference: `task_local!` holding an `Arc` that the "logger" clones, which is what
+    /// `get_store`'s `Arc<T>` promises (one allocation per task, a refcount per kept read).
+    TaskLocalArc,
+    /// Reference: `node_style`'s three resources with the id passed by hand (no store).
+    ResourcesOnly,
     Otel,
     Scope,
     NodeStyle,
     NodeStyleHook,
 }
 
-const VARIANTS: [Variant; 6] = [
+const VARIANTS: [Variant; 8] = [
     Variant::Plain,
     Variant::TaskLocal,
+    Variant::TaskLocalArc,
+    Variant::ResourcesOnly,
     Variant::Otel,
     Variant::Scope,
     Variant::NodeStyle,
@@ -150,6 +184,8 @@ impl Variant {
         match self {
             Variant::Plain => "plain",
             Variant::TaskLocal => "task_local",
+            Variant::TaskLocalArc => "task_local_arc",
+            Variant::ResourcesOnly => "resources_only",
             Variant::Otel => "otel",
             Variant::Scope => "scope",
             Variant::NodeStyle => "node_style",
@@ -162,6 +198,12 @@ impl Variant {
         match self {
             Variant::Plain => tokio::spawn(request_plain(id)),
             Variant::TaskLocal => tokio::spawn(TL.scope(id, request_task_local())),
+            Variant::TaskLocalArc => {
+                tokio::spawn(TL_ARC.scope(Arc::new(id), request_task_local_arc()))
+            }
+            Variant::ResourcesOnly => {
+                tokio::spawn(bind!(async move { request_resource_by_hand(id).await }))
+            }
             Variant::Otel => tokio::spawn(
                 request_otel().with_context(Context::current_with_value(RequestId(id))),
             ),
@@ -178,6 +220,14 @@ impl Variant {
         match self {
             Variant::Plain => (size_of_val(&request_plain(0)), 0),
             Variant::TaskLocal => (size_of_val(&TL.scope(0, request_task_local())), 0),
+            Variant::TaskLocalArc => (
+                size_of_val(&TL_ARC.scope(Arc::new(0), request_task_local_arc())),
+                0,
+            ),
+            Variant::ResourcesOnly => (
+                size_of_val(&bind!(async move { request_resource_by_hand(0).await })),
+                size_of_val(&request_resource_by_hand(0)),
+            ),
             Variant::Otel => (
                 size_of_val(
                     &request_otel().with_context(Context::current_with_value(RequestId(0))),

@@ -171,8 +171,10 @@ impl<T: Send + Sync + 'static> OpsOf<T> {
                 Arc::get_mut(&mut store).is_some(),
                 "a store said to be unshared has other references"
             );
-        } else if Arc::get_mut(&mut store).is_none() {
-            // Shared, or a `Weak` exists: released as usual.
+        } else if Arc::strong_count(&store) != 1 || Arc::get_mut(&mut store).is_none() {
+            // Shared, or a `Weak` exists: released as usual. The plain load first spares the
+            // locked check when a capture still holds the store (a spawned resource, a kept
+            // `get_store`); a count that drops to 1 meanwhile only costs the recycling.
             return;
         }
         // The last reference and no `Weak`: nothing else can reach the value any more. From here
