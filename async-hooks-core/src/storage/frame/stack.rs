@@ -1,6 +1,6 @@
-//! Stack frames: the frame of a synchronous scope (`run`, `exit`, a `Scope` poll), built on
-//! the scope's own stack, or with its entries in a spill block when they are too many. Relies
-//! on invariants 1, 3 and 5 at the top of the `frame` module.
+//! Stack frames: the frame of a synchronous scope (`run`, `exit`, a `Scope` poll, an entered
+//! frame kept inline), built on the scope's own stack, or with its entries in a spill block when
+//! they are too many. Relies on invariants 1, 3 and 5 at the top of the `frame` module.
 
 use std::alloc::{Layout, alloc, dealloc, handle_alloc_error};
 use std::cell::Cell;
@@ -556,13 +556,10 @@ impl StackFrame {
             // The common case of a `run` at the top of a request: no search, no copies.
             // SAFETY: `frame` is valid for writes (per the caller); the entry is a bitwise copy
             // of `value`, whose reference the caller keeps (the entry borrows it).
-            unsafe {
-                (&raw mut (*frame).inline).cast::<Entry>().write(Entry {
-                    key,
-                    value: ptr::read(&value),
-                });
-                return (StackFrame::finish(frame, 1), value);
-            }
+            return (
+                unsafe { StackFrame::init_single(frame, key, ptr::read(&value)) },
+                value,
+            );
         }
         if entries.len() > STACK_ENTRIES {
             // At least as many entries with this one's set: too many for the stack.
@@ -623,6 +620,47 @@ impl StackFrame {
             }
             len += rest.len();
             (StackFrame::finish(frame, len), value)
+        }
+    }
+
+    /// Builds, in place at `frame`, the frame of one entry, `key`'s, whose store is `copy`, and
+    /// returns the pointer to put in the cell.
+    ///
+    /// # Safety
+    ///
+    /// `frame` must be valid for writes and must not move while the result is in use; `copy` is
+    /// a bitwise copy of a store that the caller keeps for as long (the stack frame never
+    /// releases it).
+    #[inline(always)]
+    pub(super) unsafe fn init_single(
+        frame: *mut StackFrame,
+        key: u64,
+        copy: Option<Value>,
+    ) -> *const FrameHeader {
+        // SAFETY: per the caller.
+        unsafe {
+            (&raw mut (*frame).inline)
+                .cast::<Entry>()
+                .write(Entry { key, value: copy });
+            StackFrame::finish(frame, 1)
+        }
+    }
+
+    /// Releases the heap copy of a stack frame built by [`StackFrame::init_single`] for an
+    /// entered execution, if the code inside promoted it. (A `run`'s scope releases its own
+    /// with its store: [`release_stack_frame`].)
+    ///
+    /// # Safety
+    ///
+    /// `frame` must be built by `init_single` and still alive, and this called once for it.
+    #[inline(always)]
+    pub(super) unsafe fn release_heap_copy(frame: *const StackFrame) {
+        // SAFETY: per the caller.
+        let promoted = unsafe { (*frame).promoted.get() };
+        if !promoted.is_null() {
+            // SAFETY: the stack frame's own reference to its heap copy, released once.
+            // No store of the scope's own to recycle: the entered execution holds it.
+            unsafe { release_promoted(promoted, None, 0) };
         }
     }
 
