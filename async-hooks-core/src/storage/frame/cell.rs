@@ -57,8 +57,12 @@ pub(crate) struct CapturedFrame(pub(super) Captured);
 pub(super) enum Captured {
     /// A heap frame's pointer tagged [`UNOWNED`] (its reference is this one's), or null.
     Shared(*const FrameHeader),
-    /// A frame of one entry, `key`'s, whose store is `value`.
-    Single { key: u64, value: Value },
+    /// A frame of one entry, `key`'s, whose store is `value` (released by the
+    /// [`CapturedFrame`]'s drop: one drop path, with no landing pad for a second).
+    Single {
+        key: u64,
+        value: ManuallyDrop<Value>,
+    },
 }
 
 // SAFETY: a `SharedFrame` with its pointer tagged (see `SharedFrame`'s `Send` and `Sync`), or a
@@ -83,19 +87,19 @@ impl CapturedFrame {
 
     /// The pointer for the thread's cell while the resource runs: a heap frame's as it is, or,
     /// for an entry kept inline, a stack frame of that one entry built at `slot`, which must not
-    /// move while the pointer is in use. Returns the pointer, and the stack frame built (null
-    /// for a heap frame). Code inside that puts the empty frame in place of the empty frame is
+    /// move while the pointer is in use, and which keeps no heap copy, so that leaving it
+    /// releases nothing. Code inside that puts the empty frame in place of the empty frame is
     /// not seen as a change, and need not be: the resource's frame stays the empty frame.
     #[inline(always)]
-    pub(super) fn install(&self, slot: *mut StackFrame) -> (*const FrameHeader, *mut StackFrame) {
+    pub(super) fn install(&self, slot: *mut StackFrame) -> *const FrameHeader {
         match &self.0 {
-            Captured::Shared(raw) => (*raw, ptr::null_mut()),
+            Captured::Shared(raw) => *raw,
             // SAFETY: `slot` is valid for writes and stays in place (per the caller). The entry
             // is a bitwise copy of `value`, which borrows its reference: `self` holds it for as
             // long as it is entered, and the stack frame never releases it.
             Captured::Single { key, value } => unsafe {
-                let copy = Some(ptr::read(value));
-                (StackFrame::init_single(slot, *key, copy), slot)
+                let copy = Some(ptr::read(&**value));
+                StackFrame::init_entered(slot, *key, copy)
             },
         }
     }
@@ -103,7 +107,7 @@ impl CapturedFrame {
     /// Calls `f` with the frame's entries.
     pub(super) fn with_view<R>(&self, f: impl FnOnce(FrameView<'_>) -> R) -> R {
         let mut slot = MaybeUninit::<StackFrame>::uninit();
-        let (raw, _) = self.install(slot.as_mut_ptr());
+        let raw = self.install(slot.as_mut_ptr());
         // SAFETY: `self` keeps a heap frame alive while it is borrowed; a stack frame at `slot`
         // lives until the end of this function, and never goes in a cell.
         f(unsafe { CurrentFrame::view(raw) })
@@ -138,7 +142,7 @@ impl Clone for CapturedFrame {
             }
             Captured::Single { key, value } => CapturedFrame(Captured::Single {
                 key: *key,
-                value: value.clone(),
+                value: ManuallyDrop::new(Value::clone(value)),
             }),
         }
     }
@@ -164,11 +168,12 @@ impl fmt::Debug for CapturedFrame {
 impl Drop for CapturedFrame {
     #[inline]
     fn drop(&mut self) {
-        if let Captured::Shared(raw) = self.0 {
+        match &mut self.0 {
             // SAFETY: the reference `new` took over, released once, here.
-            drop(unsafe { SharedFrame::from_raw(untagged(raw)) });
+            Captured::Shared(raw) => drop(unsafe { SharedFrame::from_raw(untagged(*raw)) }),
+            // SAFETY: dropped once, here; never used again.
+            Captured::Single { value, .. } => unsafe { ManuallyDrop::drop(value) },
         }
-        // A `Single`'s store is released by its `Value`'s drop.
     }
 }
 
@@ -298,7 +303,7 @@ impl CurrentFrame {
     ) -> R {
         // Where a frame kept inline is entered: it must not move while the cell points at it.
         let mut slot = MaybeUninit::<StackFrame>::uninit();
-        let (installed, stack) = frame.captured().install(slot.as_mut_ptr());
+        let installed = frame.captured().install(slot.as_mut_ptr());
         let previous = self.raw.replace(installed);
         let mut entered = Entered {
             cell: self,
@@ -306,7 +311,6 @@ impl CurrentFrame {
             around: None,
             previous,
             installed,
-            stack,
         };
         let mut around = around;
         around.enter(&Switching(()));
@@ -379,7 +383,7 @@ impl CurrentFrame {
                 // store.
                 return CapturedFrame(Captured::Single {
                     key: entry.key,
-                    value: value.clone(),
+                    value: ManuallyDrop::new(value.clone()),
                 });
             }
             return CapturedFrame::new(self.promote_in_place(raw));
@@ -651,9 +655,6 @@ pub(super) struct Entered<'a, C: OnChange, A: AroundFrame> {
     /// The cell's pointer while entered: unchanged at the end, the code inside left the frame
     /// as it was, which is compared with no load of the frame.
     pub(super) installed: *const FrameHeader,
-    /// The stack frame that `installed` points at, for a frame kept inline; null for a heap
-    /// frame. Its heap copy, if the code inside promoted it, is released at the end.
-    pub(super) stack: *mut StackFrame,
 }
 
 impl<C: OnChange, A: AroundFrame> Entered<'_, C, A> {
@@ -662,14 +663,7 @@ impl<C: OnChange, A: AroundFrame> Entered<'_, C, A> {
         let frame = self.frame.take();
         let around = self.around.take();
         let this = ManuallyDrop::new(self);
-        Self::switch_back(
-            this.cell,
-            frame,
-            around,
-            this.previous,
-            this.installed,
-            this.stack,
-        );
+        Self::switch_back(this.cell, frame, around, this.previous, this.installed);
     }
 
     #[inline(always)]
@@ -679,21 +673,11 @@ impl<C: OnChange, A: AroundFrame> Entered<'_, C, A> {
         around: Option<A>,
         previous: *const FrameHeader,
         installed: *const FrameHeader,
-        stack: *mut StackFrame,
     ) {
         if let Some(around) = around {
             around.leave(&Switching(()));
         }
-        let changed = cell.raw.get() != installed;
-        if !stack.is_null() {
-            // First: the copy shares only the entered store, which the execution still holds,
-            // so this drops no store and cannot panic before the cell is switched back.
-            // SAFETY: `stack` is the stack frame `install` built, alive until `enter` returns;
-            // the cell no longer points at it by the time anything else does, and its copy is
-            // released once, here.
-            unsafe { StackFrame::release_heap_copy(stack) };
-        }
-        if changed {
+        if cell.raw.get() != installed {
             return match frame {
                 Some(frame) => frame.leave_changed(cell, previous),
                 None => cell.leave_scope_changed(previous),
@@ -710,9 +694,8 @@ impl<C: OnChange, A: AroundFrame> Entered<'_, C, A> {
         around: Option<A>,
         previous: *const FrameHeader,
         installed: *const FrameHeader,
-        stack: *mut StackFrame,
     ) {
-        Self::switch_back(cell, frame, around, previous, installed, stack);
+        Self::switch_back(cell, frame, around, previous, installed);
     }
 }
 
@@ -726,7 +709,6 @@ impl<C: OnChange, A: AroundFrame> Drop for Entered<'_, C, A> {
             self.around.take(),
             self.previous,
             self.installed,
-            self.stack,
         );
     }
 }

@@ -428,7 +428,8 @@ pub(super) struct StackFrame {
     /// owned).
     pub(super) inline: [MaybeUninit<Entry>; STACK_ENTRIES],
     /// The heap copy, once promoted (null until then); the stack frame owns one reference,
-    /// released by `release_stack_frame` (a stack frame has no `Drop`).
+    /// released by `release_stack_frame` (a stack frame has no `Drop`). [`StackFrame::UNCACHED`]
+    /// for an entered execution's frame, which keeps none.
     pub(super) promoted: Cell<*const FrameHeader>,
     pub(super) _pinned: PhantomPinned,
 }
@@ -646,23 +647,28 @@ impl StackFrame {
         }
     }
 
-    /// Releases the heap copy of a stack frame built by [`StackFrame::init_single`] for an
-    /// entered execution, if the code inside promoted it. (A `run`'s scope releases its own
-    /// with its store: [`release_stack_frame`].)
+    /// [`StackFrame::init_single`] for an entered execution, whose end releases nothing: a
+    /// promotion of this frame makes a heap copy for its caller alone ([`StackFrame::UNCACHED`]).
     ///
     /// # Safety
     ///
-    /// `frame` must be built by `init_single` and still alive, and this called once for it.
+    /// As for [`StackFrame::init_single`].
     #[inline(always)]
-    pub(super) unsafe fn release_heap_copy(frame: *const StackFrame) {
-        // SAFETY: per the caller.
-        let promoted = unsafe { (*frame).promoted.get() };
-        if !promoted.is_null() {
-            // SAFETY: the stack frame's own reference to its heap copy, released once.
-            // No store of the scope's own to recycle: the entered execution holds it.
-            unsafe { release_promoted(promoted, None, 0) };
+    pub(super) unsafe fn init_entered(
+        frame: *mut StackFrame,
+        key: u64,
+        copy: Option<Value>,
+    ) -> *const FrameHeader {
+        // SAFETY: per the caller; `promoted` is written after `init_single` wrote it.
+        unsafe {
+            let installed = StackFrame::init_single(frame, key, copy);
+            (*frame).promoted.set(StackFrame::UNCACHED);
+            installed
         }
     }
+
+    /// The `promoted` of a stack frame that keeps no heap copy: never a frame's address.
+    pub(super) const UNCACHED: *const FrameHeader = ptr::dangling();
 
     /// Writes the rest of a stack frame whose `len` entries are written, and returns the cell
     /// pointer for it.
@@ -747,7 +753,8 @@ impl StackFrame {
         }
     }
 
-    /// A heap frame with the same entries, made on the first call and shared afterwards.
+    /// A heap frame with the same entries, made on the first call and shared afterwards (made
+    /// on every call for a frame that keeps no copy, [`StackFrame::UNCACHED`]).
     ///
     /// # Safety
     ///
@@ -768,6 +775,12 @@ impl StackFrame {
             }
         };
         let mut heap = promoted.get();
+        if heap == StackFrame::UNCACHED {
+            // An entered execution's frame: a copy of the caller's own (rare: `enter_with`,
+            // `disable`), so that the execution's end has no copy to release.
+            // SAFETY: `data` is the live frame, with the provenance of all of it.
+            return SharedFrame::build(unsafe { entries_of(data) }, None, &[]);
+        }
         if heap.is_null() {
             // SAFETY: `data` is the live frame, with the provenance of all of it.
             let entries = unsafe { entries_of(data) };

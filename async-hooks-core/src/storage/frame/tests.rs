@@ -861,6 +861,17 @@ fn an_inline_frame_is_entered_alone_and_captures_inside_stay_inline() {
         // A capture inside is kept inline too, sharing the store.
         let inner = cell.capture();
         assert_eq!(single(&inner), Some((1, data)));
+        // A promotion of it (what `take` makes) is a copy for its caller alone: the stack frame
+        // caches none, so leaving it releases nothing.
+        let raw = cell.raw.get();
+        // SAFETY: the cell's pointer, whose owner (this call) is alive.
+        let copies = unsafe { (CurrentFrame::cloned(raw), CurrentFrame::cloned(raw)) };
+        assert!(!copies.0.ptr_eq(&copies.1));
+        assert!(copies.0.lookup(1).is_some() && copies.1.lookup(1).is_some());
+        // SAFETY: as above.
+        let promoted = unsafe { (*untagged(raw).cast::<StackFrame>()).promoted.get() };
+        assert_eq!(promoted, StackFrame::UNCACHED);
+        drop(copies);
         // A `run` of another storage inside stacks on it; a capture there is a heap frame.
         let both = stacked(&cell, 2, fresh(20), || {
             assert_eq!(keys_in(&cell), [1, 2]);
@@ -925,7 +936,8 @@ fn changes_inside_an_inline_frame_last_for_a_poll_and_end_with_a_scope() {
         assert!(!present(&cell, 1));
     });
     assert!(disabled.lent().is_null());
-    // Every heap copy of the stack frames was released: the store goes with the last capture.
+    // Every heap copy of the entered stack frames went with its taker: the store goes with the
+    // last capture.
     drop((resource, disabled));
     assert_eq!(drops.load(Ordering::SeqCst), 0);
     drop(scoped);
@@ -948,8 +960,7 @@ fn a_panic_inside_an_inline_frame_restores_the_cell() {
     assert!(caught.is_err());
     assert_eq!(cell.raw.get(), before);
     assert!(single(&resource).is_some());
-    // Changed, then a panic: a poll keeps the change, a scope drops it; the stack frame's heap
-    // copy is released either way.
+    // Changed, then a panic: a poll keeps the change, a scope drops it.
     let scoped = resource.clone();
     let caught = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
         cell.enter_keeping(&mut resource, (), || {
