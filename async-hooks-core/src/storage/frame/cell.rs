@@ -94,12 +94,10 @@ impl CapturedFrame {
     pub(super) fn install(&self, slot: *mut StackFrame) -> *const FrameHeader {
         match &self.0 {
             Captured::Shared(raw) => *raw,
-            // SAFETY: `slot` is valid for writes and stays in place (per the caller). The entry
-            // is a bitwise copy of `value`, which borrows its reference: `self` holds it for as
-            // long as it is entered, and the stack frame never releases it.
+            // SAFETY: `slot` is valid for writes and stays in place (per the caller); `self`
+            // holds `value` for as long as it is entered.
             Captured::Single { key, value } => unsafe {
-                let copy = Some(ptr::read(&**value));
-                StackFrame::init_entered(slot, *key, copy)
+                StackFrame::init_entered(slot, *key, value)
             },
         }
     }

@@ -649,19 +649,24 @@ impl StackFrame {
 
     /// [`StackFrame::init_single`] for an entered execution, whose end releases nothing: a
     /// promotion of this frame makes a heap copy for its caller alone ([`StackFrame::UNCACHED`]).
+    /// The entry is a bitwise copy of `value`, which it borrows.
+    ///
+    /// `#[inline]`, not always: optimised, it inlines into the poll; unoptimised, its locals stay
+    /// out of the frame of every entered execution, which deep nesting multiplies.
     ///
     /// # Safety
     ///
-    /// As for [`StackFrame::init_single`].
-    #[inline(always)]
+    /// `frame` must be valid for writes and must not move while the result is in use; `value`
+    /// must outlive that use.
+    #[inline]
     pub(super) unsafe fn init_entered(
         frame: *mut StackFrame,
         key: u64,
-        copy: Option<Value>,
+        value: &Value,
     ) -> *const FrameHeader {
         // SAFETY: per the caller; `promoted` is written after `init_single` wrote it.
         unsafe {
-            let installed = StackFrame::init_single(frame, key, copy);
+            let installed = StackFrame::init_single(frame, key, Some(ptr::read(value)));
             (*frame).promoted.set(StackFrame::UNCACHED);
             installed
         }
