@@ -14,7 +14,7 @@ use super::*;
 /// The tag bit of a [`CurrentFrame`] pointer (frames are 8-aligned): the cell does not own the
 /// frame, an owner higher up this thread's stack does: a [`LendGuard`] or an entered execution
 /// ([`CurrentFrame::enter_keeping`]) for a heap frame, the `run` or entered execution that
-/// built it for a [`StackFrame`] (told apart by [`points_at_stack`]).
+/// built it for a [`StackFrame`] or an [`EnteredFrame`] (told apart by [`points_at_stack`]).
 ///
 /// One tag for both, so that a read through a frame owned up the stack tests one bit and
 /// reaches the header at a fixed offset from the tagged pointer, with no tag to copy, mask and
@@ -26,8 +26,9 @@ pub(super) fn untagged(raw: *const FrameHeader) -> *const FrameHeader {
     raw.map_addr(|addr| addr & !UNOWNED)
 }
 
-/// Whether the cell pointer `raw` is a stack frame's (or its spill block's), which a capture
-/// keeps inline or promotes, rather than a heap frame's or the empty frame.
+/// Whether the cell pointer `raw` is a stack frame's (or its spill block's, or an entered
+/// frame's), which a capture keeps inline or promotes, rather than a heap frame's or the empty
+/// frame.
 ///
 /// # Safety
 ///
@@ -50,7 +51,7 @@ pub(super) unsafe fn points_at_stack(raw: *const FrameHeader) -> bool {
 ///
 /// A capture of a `run`'s stack frame of one entry with a store keeps that entry inline
 /// instead ([`Captured::Single`]), owning one reference to the store: no heap frame is built,
-/// and entering it builds a one-entry stack frame on the entering call's stack.
+/// and entering it builds an [`EnteredFrame`] on the entering call's stack.
 pub(crate) struct CapturedFrame(pub(super) Captured);
 
 /// The forms of a [`CapturedFrame`].
@@ -86,27 +87,24 @@ impl CapturedFrame {
     }
 
     /// The pointer for the thread's cell while the resource runs: a heap frame's as it is, or,
-    /// for an entry kept inline, a stack frame of that one entry built at `slot`, which must not
-    /// move while the pointer is in use, and which keeps no heap copy, so that leaving it
-    /// releases nothing. Code inside that puts the empty frame in place of the empty frame is
+    /// for an entry kept inline, an [`EnteredFrame`] of that one entry built at `slot`, which
+    /// must not move while the pointer is in use. Code inside that puts the empty frame in place of the empty frame is
     /// not seen as a change, and need not be: the resource's frame stays the empty frame.
     #[inline(always)]
-    pub(super) fn install(&self, slot: *mut StackFrame) -> *const FrameHeader {
+    pub(super) fn install(&self, slot: *mut EnteredFrame) -> *const FrameHeader {
         match &self.0 {
             Captured::Shared(raw) => *raw,
             // SAFETY: `slot` is valid for writes and stays in place (per the caller); `self`
             // holds `value` for as long as it is entered.
-            Captured::Single { key, value } => unsafe {
-                StackFrame::init_entered(slot, *key, value)
-            },
+            Captured::Single { key, value } => unsafe { EnteredFrame::init(slot, *key, value) },
         }
     }
 
     /// Calls `f` with the frame's entries.
     pub(super) fn with_view<R>(&self, f: impl FnOnce(FrameView<'_>) -> R) -> R {
-        let mut slot = MaybeUninit::<StackFrame>::uninit();
+        let mut slot = MaybeUninit::<EnteredFrame>::uninit();
         let raw = self.install(slot.as_mut_ptr());
-        // SAFETY: `self` keeps a heap frame alive while it is borrowed; a stack frame at `slot`
+        // SAFETY: `self` keeps a heap frame alive while it is borrowed; a frame at `slot`
         // lives until the end of this function, and never goes in a cell.
         f(unsafe { CurrentFrame::view(raw) })
     }
@@ -263,8 +261,8 @@ impl CurrentFrame {
 
     /// Runs `f` in an execution whose frame is `frame` (a future's poll or drop): the cell
     /// points at it without owning it (tagged [`UNOWNED`]: its owner is borrowed for the whole
-    /// call), or, for an entry kept inline, at a stack frame of that entry built on this call's
-    /// stack. `around` runs right after the switch and right before the switch back (also
+    /// call), or, for an entry kept inline, at an [`EnteredFrame`] of that entry built on this
+    /// call's stack. `around` runs right after the switch and right before the switch back (also
     /// while unwinding): the rest of the execution's switch. If the code inside replaced the
     /// frame (`enter_with`, `disable`, a guard kept across polls), the replacement becomes the
     /// execution's own frame, as in Node an `enterWith` lasts for the rest of its execution
@@ -300,7 +298,7 @@ impl CurrentFrame {
         f: impl FnOnce() -> R,
     ) -> R {
         // Where a frame kept inline is entered: it must not move while the cell points at it.
-        let mut slot = MaybeUninit::<StackFrame>::uninit();
+        let mut slot = MaybeUninit::<EnteredFrame>::uninit();
         let installed = frame.captured().install(slot.as_mut_ptr());
         let previous = self.raw.replace(installed);
         let mut entered = Entered {

@@ -1,6 +1,7 @@
-//! Stack frames: the frame of a synchronous scope (`run`, `exit`, a `Scope` poll, an entered
-//! frame kept inline), built on the scope's own stack, or with its entries in a spill block when
-//! they are too many. Relies on invariants 1, 3 and 5 at the top of the `frame` module.
+//! Stack frames: the frame of a synchronous scope (`run`, `exit`, a `Scope` poll), built on
+//! the scope's own stack, or with its entries in a spill block when they are too many, and the
+//! one-entry frame an entered execution builds for a captured frame kept inline. Relies on
+//! invariants 1, 3 and 5 at the top of the `frame` module.
 
 use std::alloc::{Layout, alloc, dealloc, handle_alloc_error};
 use std::cell::Cell;
@@ -428,10 +429,58 @@ pub(super) struct StackFrame {
     /// owned).
     pub(super) inline: [MaybeUninit<Entry>; STACK_ENTRIES],
     /// The heap copy, once promoted (null until then); the stack frame owns one reference,
-    /// released by `release_stack_frame` (a stack frame has no `Drop`). [`StackFrame::UNCACHED`]
-    /// for an entered execution's frame, which keeps none.
+    /// released by `release_stack_frame` (a stack frame has no `Drop`).
     pub(super) promoted: Cell<*const FrameHeader>,
     pub(super) _pinned: PhantomPinned,
+}
+
+/// The frame an entered execution builds on its stack for a [`CapturedFrame`] kept inline: a
+/// header and its one entry, a bitwise copy of the captured store, which the execution holds
+/// while it is entered. Unlike a [`StackFrame`] it has nowhere to keep a heap copy (its header's
+/// `end` is [`UNCACHED_END`] less, which tells): a promotion makes a copy for its caller alone,
+/// so that leaving it releases nothing.
+#[repr(C)]
+pub(super) struct EnteredFrame {
+    /// First, so that a pointer to the frame is also one to its `FrameHeader`.
+    pub(super) header: FrameHeader,
+    pub(super) entry: MaybeUninit<Entry>,
+    pub(super) _pinned: PhantomPinned,
+}
+
+const _: () = assert!(std::mem::offset_of!(EnteredFrame, entry) == size_of::<FrameHeader>());
+
+impl EnteredFrame {
+    /// Builds, in place at `frame`, the frame of `key`'s entry with a bitwise copy of `value`,
+    /// and returns the pointer to put in the cell (tagged [`UNOWNED`]).
+    ///
+    /// `#[inline]`, not always: optimised, it inlines into the poll; unoptimised, its locals stay
+    /// out of the frame of every entered execution, which deep nesting multiplies.
+    ///
+    /// # Safety
+    ///
+    /// `frame` must be valid for writes and must not move while the result is in use; `value`
+    /// must outlive that use (the frame never releases its copy).
+    #[inline]
+    pub(super) unsafe fn init(
+        frame: *mut EnteredFrame,
+        key: u64,
+        value: &Value,
+    ) -> *const FrameHeader {
+        // SAFETY: per the caller. The entry borrows `value`'s reference; the header's count stays
+        // uninitialised, as a stack frame's does.
+        unsafe {
+            (&raw mut (*frame).entry).cast::<Entry>().write(Entry {
+                key,
+                value: Some(ptr::read(value)),
+            });
+            let end = FrameHeader::entry_offset(1) as u32 - UNCACHED_END;
+            FrameHeader::write_stack(&raw mut (*frame).header, 1, end);
+        }
+        frame
+            .cast_const()
+            .cast::<FrameHeader>()
+            .map_addr(|addr| addr | UNOWNED)
+    }
 }
 
 /// Where a [`StackFrame`] too large for its inline array keeps its entries: a heap block of
@@ -557,10 +606,13 @@ impl StackFrame {
             // The common case of a `run` at the top of a request: no search, no copies.
             // SAFETY: `frame` is valid for writes (per the caller); the entry is a bitwise copy
             // of `value`, whose reference the caller keeps (the entry borrows it).
-            return (
-                unsafe { StackFrame::init_single(frame, key, ptr::read(&value)) },
-                value,
-            );
+            unsafe {
+                (&raw mut (*frame).inline).cast::<Entry>().write(Entry {
+                    key,
+                    value: ptr::read(&value),
+                });
+                return (StackFrame::finish(frame, 1), value);
+            }
         }
         if entries.len() > STACK_ENTRIES {
             // At least as many entries with this one's set: too many for the stack.
@@ -623,57 +675,6 @@ impl StackFrame {
             (StackFrame::finish(frame, len), value)
         }
     }
-
-    /// Builds, in place at `frame`, the frame of one entry, `key`'s, whose store is `copy`, and
-    /// returns the pointer to put in the cell.
-    ///
-    /// # Safety
-    ///
-    /// `frame` must be valid for writes and must not move while the result is in use; `copy` is
-    /// a bitwise copy of a store that the caller keeps for as long (the stack frame never
-    /// releases it).
-    #[inline(always)]
-    pub(super) unsafe fn init_single(
-        frame: *mut StackFrame,
-        key: u64,
-        copy: Option<Value>,
-    ) -> *const FrameHeader {
-        // SAFETY: per the caller.
-        unsafe {
-            (&raw mut (*frame).inline)
-                .cast::<Entry>()
-                .write(Entry { key, value: copy });
-            StackFrame::finish(frame, 1)
-        }
-    }
-
-    /// [`StackFrame::init_single`] for an entered execution, whose end releases nothing: a
-    /// promotion of this frame makes a heap copy for its caller alone ([`StackFrame::UNCACHED`]).
-    /// The entry is a bitwise copy of `value`, which it borrows.
-    ///
-    /// `#[inline]`, not always: optimised, it inlines into the poll; unoptimised, its locals stay
-    /// out of the frame of every entered execution, which deep nesting multiplies.
-    ///
-    /// # Safety
-    ///
-    /// `frame` must be valid for writes and must not move while the result is in use; `value`
-    /// must outlive that use.
-    #[inline]
-    pub(super) unsafe fn init_entered(
-        frame: *mut StackFrame,
-        key: u64,
-        value: &Value,
-    ) -> *const FrameHeader {
-        // SAFETY: per the caller; `promoted` is written after `init_single` wrote it.
-        unsafe {
-            let installed = StackFrame::init_single(frame, key, Some(ptr::read(value)));
-            (*frame).promoted.set(StackFrame::UNCACHED);
-            installed
-        }
-    }
-
-    /// The `promoted` of a stack frame that keeps no heap copy: never a frame's address.
-    pub(super) const UNCACHED: *const FrameHeader = ptr::dangling();
 
     /// Writes the rest of a stack frame whose `len` entries are written, and returns the cell
     /// pointer for it.
@@ -758,15 +759,22 @@ impl StackFrame {
         }
     }
 
-    /// A heap frame with the same entries, made on the first call and shared afterwards (made
-    /// on every call for a frame that keeps no copy, [`StackFrame::UNCACHED`]).
+    /// A heap frame with the same entries, made on the first call and shared afterwards (on
+    /// every call for an [`EnteredFrame`], which keeps no copy).
     ///
     /// # Safety
     ///
-    /// `data` must be a live, activated stack frame's pointer.
+    /// `data` must be a live, activated stack frame's (or entered frame's) pointer.
     #[cold]
     #[inline(never)]
     pub(super) unsafe fn promote(data: *const FrameHeader) -> SharedFrame {
+        // SAFETY: per the caller, `data` is a live frame whose header is written.
+        if unsafe { (*data).end } & UNCACHED_END == 0 {
+            // An entered execution's frame: a copy of the caller's own (rare: `enter_with`,
+            // `disable`), so that the execution's end has no copy to release.
+            // SAFETY: `data` is the live frame, with the provenance of all of it.
+            return SharedFrame::build(unsafe { entries_of(data) }, None, &[]);
+        }
         // SAFETY: per the caller, `data` is a live stack frame or spill block, derived from a
         // pointer to all of it; a stack frame has at most `STACK_ENTRIES` entries, a spill block
         // more, and its owner pointer (to its live stack frame's `promoted`) before the header.
@@ -780,12 +788,6 @@ impl StackFrame {
             }
         };
         let mut heap = promoted.get();
-        if heap == StackFrame::UNCACHED {
-            // An entered execution's frame: a copy of the caller's own (rare: `enter_with`,
-            // `disable`), so that the execution's end has no copy to release.
-            // SAFETY: `data` is the live frame, with the provenance of all of it.
-            return SharedFrame::build(unsafe { entries_of(data) }, None, &[]);
-        }
         if heap.is_null() {
             // SAFETY: `data` is the live frame, with the provenance of all of it.
             let entries = unsafe { entries_of(data) };

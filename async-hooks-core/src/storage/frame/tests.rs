@@ -578,6 +578,16 @@ fn position_hints_read_exactly_the_entries_of_heap_stack_and_spilled_frames() {
     });
     cell.set(SharedFrame::EMPTY);
     stacked(&cell, 1, fresh(1), || check_hinted_reads(&cell, &[1]));
+    // An entered frame kept inline is marked less again (`UNCACHED_END`), and reads the same;
+    // so does a stack frame over it.
+    let mut single = stacked(&cell, 7, fresh(7), || cell.capture());
+    assert!(matches!(single.0, Captured::Single { .. }));
+    cell.enter_scope(&single, (), || check_hinted_reads(&cell, &[7]));
+    cell.enter_keeping(&mut single, (), || {
+        stacked(&cell, 8, fresh(8), || check_hinted_reads(&cell, &[7, 8]));
+        check_hinted_reads(&cell, &[7]);
+    });
+    drop(single);
     cell.set(frame_of(1..=STACK_ENTRIES as u64));
     let keys: Vec<u64> = (1..=STACK_ENTRIES as u64 + 1).collect();
     stacked(&cell, STACK_ENTRIES as u64 + 1, fresh(0), || {
@@ -869,8 +879,7 @@ fn an_inline_frame_is_entered_alone_and_captures_inside_stay_inline() {
         assert!(!copies.0.ptr_eq(&copies.1));
         assert!(copies.0.lookup(1).is_some() && copies.1.lookup(1).is_some());
         // SAFETY: as above.
-        let promoted = unsafe { (*untagged(raw).cast::<StackFrame>()).promoted.get() };
-        assert_eq!(promoted, StackFrame::UNCACHED);
+        assert_eq!(unsafe { (*untagged(raw)).end } & UNCACHED_END, 0);
         drop(copies);
         // A `run` of another storage inside stacks on it; a capture there is a heap frame.
         let both = stacked(&cell, 2, fresh(20), || {
@@ -905,7 +914,7 @@ fn changes_inside_an_inline_frame_last_for_a_poll_and_end_with_a_scope() {
     let cell = CurrentFrame::new();
     let mut resource = stacked(&cell, 1, fresh_counted(&drops), || cell.capture());
     let scoped = resource.clone();
-    // An `enter_with` inside a poll (take, which promotes the one-entry stack frame, then set)
+    // An `enter_with` inside a poll (take, which promotes the entered frame, then set)
     // becomes the future's frame for its next poll.
     cell.enter_keeping(&mut resource, (), || {
         let taken = cell.take();
@@ -936,7 +945,7 @@ fn changes_inside_an_inline_frame_last_for_a_poll_and_end_with_a_scope() {
         assert!(!present(&cell, 1));
     });
     assert!(disabled.lent().is_null());
-    // Every heap copy of the entered stack frames went with its taker: the store goes with the
+    // Every heap copy of the entered frames went with its taker: the store goes with the
     // last capture.
     drop((resource, disabled));
     assert_eq!(drops.load(Ordering::SeqCst), 0);
