@@ -94,10 +94,10 @@ impl FrameHeader {
 
     /// Writes the header of a stack frame or spill block of `len` entries ending at `end`
     /// (from [`FrameHeader::entry_offset`] or [`FrameHeader::checked_end`]; [`UNCACHED_END`]
-    /// less for an [`EnteredFrame`]). Its count stays
-    /// uninitialised: nothing counts references to it, a store less on every `run`. The two
-    /// fields go in one 8-byte store, which two 4-byte ones are slower than although they take
-    /// fewer instructions (`run/4` in `benches/storage.rs`).
+    /// less for an [`EnteredFrame`]). Its count stays uninitialised: nothing counts references
+    /// to it, a store less on every `run`. The two fields go in one 8-byte store, which two
+    /// 4-byte ones are slower than although they take fewer instructions (`run/4` in
+    /// `benches/storage.rs`).
     ///
     /// # Safety
     ///
