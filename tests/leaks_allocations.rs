@@ -53,6 +53,7 @@ async fn annotated(x: u64) -> u64 {
 }
 
 static STORE: AsyncLocalStorage<u64> = AsyncLocalStorage::new();
+static OTHER: AsyncLocalStorage<u64> = AsyncLocalStorage::new();
 
 #[test]
 fn no_hook_instrumented_lifecycles_allocate_nothing_on_every_lifecycle() {
@@ -76,9 +77,13 @@ fn documented_counts_hold_on_every_lifecycle() {
     // `run`: nothing (the frame is on the stack; the store goes into the allocation the last
     // `run` left in the thread's cache).
     measure(Some(0), |i| STORE.run(i, || ()));
-    // A future made inside it keeps the frame: one heap copy of it (the store's allocation is
-    // still recycled: the future is gone when the `run` ends).
-    measure(Some(1), |i| STORE.run(i, || drop(annotated(i))));
+    // A future made inside it keeps the frame: its one entry in the future itself, nothing
+    // allocated (the store's allocation is still recycled: the future is gone when the `run`
+    // ends); over another storage's store, one heap copy of it.
+    measure(Some(0), |i| STORE.run(i, || drop(annotated(i))));
+    OTHERS[0].run(0, || {
+        measure(Some(1), |i| STORE.run(i, || drop(annotated(i))))
+    });
     // A store kept beyond its `run` is not recycled: that `run`'s `Arc` only.
     measure(Some(1), |i| drop(STORE.run(i, || STORE.get_store())));
     measure(Some(0), |_| {
@@ -120,13 +125,17 @@ fn with_a_hook_nothing_accumulates() {
         AsyncResource::new("Counted").run_in_async_scope(|| ())
     });
     let stored = STORE.run(1, || measure(None, |i| STORE.run(i, || drop(annotated(i)))));
+    let stored_over_another = STORE.run(1, || {
+        OTHER.run(1, || measure(None, |i| STORE.run(i, || drop(annotated(i)))))
+    });
     hook.disable();
     eprintln!(
         "with an init hook: {instrumented} allocation(s) per #[async_resource] lifecycle, \
-         {resource} per AsyncResource, {stored} per run + future"
+         {resource} per AsyncResource, {stored} per run + future ({stored_over_another} over another storage)"
     );
     // An `init` hook that does not keep the resource makes no handle for it.
     assert_eq!((instrumented, resource), (0, 0));
-    // The frame copied to the heap for the future that keeps it (`run`'s store is recycled).
-    assert_eq!(stored, 1);
+    // The future keeps the frame's one entry in place (`run`'s store is recycled); a frame of
+    // two is copied to the heap for it.
+    assert_eq!((stored, stored_over_another), (0, 1));
 }

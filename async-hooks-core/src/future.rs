@@ -79,8 +79,9 @@ struct Running<F> {
     // could unwind into the other's, and the landing pads made the wrapper's drop too large for
     // LLVM to inline.
     identity: ManuallyDrop<Identity>,
-    // The resource's storage frame; during a poll the thread points at it (and an `enter_with`
-    // inside replaces it, for the rest of the future's life).
+    // The resource's storage frame; during a poll the thread points at it, or at its one entry
+    // copied to the poll's stack (and an `enter_with` inside replaces it, for the rest of the
+    // future's life).
     frame: ManuallyDrop<CapturedFrame>,
 }
 

@@ -313,7 +313,7 @@ impl<T: Send + Sync + 'static> AsyncLocalStorage<T> {
     /// new context is built on this call's stack while it holds at most four storages (with
     /// more, its entries go to one heap allocation, copied without touching any reference
     /// count), and copied to a shared heap frame once only if something created inside keeps
-    /// it.
+    /// it; what keeps a context of this one store keeps the store itself, with no copy.
     ///
     /// ```
     /// # use async_hooks::AsyncLocalStorage;

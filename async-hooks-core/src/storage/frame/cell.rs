@@ -1,11 +1,11 @@
 //! The thread's cell: the current frame as one tagged pointer, and what lends it, captures it
 //! and enters an execution's frame. The states of the pointer and the invariants this relies on
-//! (1, 2 and 6) are at the top of the `frame` module.
+//! (1, 2, 3, 5 and 6) are at the top of the `frame` module.
 
 use std::cell::Cell;
 use std::fmt;
 use std::marker::PhantomData;
-use std::mem::ManuallyDrop;
+use std::mem::{ManuallyDrop, MaybeUninit};
 use std::ptr::{self, NonNull};
 use std::sync::Arc;
 
@@ -13,8 +13,8 @@ use super::*;
 
 /// The tag bit of a [`CurrentFrame`] pointer (frames are 8-aligned): the cell does not own the
 /// frame, an owner higher up this thread's stack does: a [`LendGuard`] or an entered execution
-/// ([`CurrentFrame::enter_keeping`]) for a heap frame, the `run` that built it for a
-/// [`StackFrame`] (told apart by [`points_at_stack`]).
+/// ([`CurrentFrame::enter_keeping`]) for a heap frame, the `run` or entered execution that
+/// built it for a [`StackFrame`] or an [`EnteredFrame`] (told apart by [`points_at_stack`]).
 ///
 /// One tag for both, so that a read through a frame owned up the stack tests one bit and
 /// reaches the header at a fixed offset from the tagged pointer, with no tag to copy, mask and
@@ -26,8 +26,9 @@ pub(super) fn untagged(raw: *const FrameHeader) -> *const FrameHeader {
     raw.map_addr(|addr| addr & !UNOWNED)
 }
 
-/// Whether the cell pointer `raw` is a stack frame's (or its spill block's), which a capture
-/// promotes, rather than a heap frame's or the empty frame.
+/// Whether the cell pointer `raw` is a stack frame's (or its spill block's, or an entered
+/// frame's), which a capture keeps inline or promotes, rather than a heap frame's or the empty
+/// frame.
 ///
 /// # Safety
 ///
@@ -39,16 +40,34 @@ pub(super) unsafe fn points_at_stack(raw: *const FrameHeader) -> bool {
     raw.addr() & UNOWNED != 0 && unsafe { (*untagged(raw)).end & UNCOUNTED_END != 0 }
 }
 
-/// A resource's captured frame, kept as the pointer the thread's cell holds while the resource
-/// runs: a heap frame tagged [`UNOWNED`], so that entering it is a plain store with no `or` on
-/// every poll, or null for the empty frame (which owns nothing, so the cell may hold it
-/// untagged). Owns one reference, as a [`SharedFrame`] does.
+/// A resource's captured frame, in one of two forms.
 ///
-/// The empty frame is not tagged so that a tagged pointer in the cell is never null: a read
-/// of a lent or stack frame then goes straight to its header with no null test.
-pub(crate) struct CapturedFrame(pub(super) *const FrameHeader);
+/// Usually the pointer the thread's cell holds while the resource runs: a heap frame tagged
+/// [`UNOWNED`], so that entering it is a plain store with no `or` on every poll, or null for the
+/// empty frame (which owns nothing, so the cell may hold it untagged). Owns one reference, as a
+/// [`SharedFrame`] does. The empty frame is not tagged so that a tagged pointer in the cell is
+/// never null: a read of a lent or stack frame then goes straight to its header with no null
+/// test.
+///
+/// A capture of a `run`'s stack frame of one entry with a store keeps that entry inline
+/// instead ([`Captured::Single`]), owning one reference to the store: no heap frame is built,
+/// and entering it builds an [`EnteredFrame`] on the entering call's stack.
+pub(crate) struct CapturedFrame(pub(super) Captured);
 
-// SAFETY: a `SharedFrame` with its pointer tagged (see `SharedFrame`'s `Send` and `Sync`).
+/// The forms of a [`CapturedFrame`].
+pub(super) enum Captured {
+    /// A heap frame's pointer tagged [`UNOWNED`] (its reference is this one's), or null.
+    Shared(*const FrameHeader),
+    /// A frame of one entry, `key`'s, whose store is `value` (released by the
+    /// [`CapturedFrame`]'s drop: one drop path, with no landing pad for a second).
+    Single {
+        key: u64,
+        value: ManuallyDrop<Value>,
+    },
+}
+
+// SAFETY: a `SharedFrame` with its pointer tagged (see `SharedFrame`'s `Send` and `Sync`), or a
+// key and a `Value`, both `Send` and `Sync`.
 #[allow(unsafe_code)]
 unsafe impl Send for CapturedFrame {}
 // SAFETY: see `Send`.
@@ -61,60 +80,96 @@ impl CapturedFrame {
     pub(crate) fn new(frame: SharedFrame) -> CapturedFrame {
         let raw = frame.into_raw();
         if raw.is_null() {
-            CapturedFrame(raw)
+            CapturedFrame(Captured::Shared(raw))
         } else {
-            CapturedFrame(raw.map_addr(|addr| addr | UNOWNED))
+            CapturedFrame(Captured::Shared(raw.map_addr(|addr| addr | UNOWNED)))
         }
     }
 
-    /// The pointer the thread's cell holds while the resource runs. Code inside that puts the
-    /// empty frame in place of the empty frame is not seen as a change, and need not be: the
-    /// resource's frame stays the empty frame.
+    /// The pointer for the thread's cell while the resource runs: a heap frame's as it is, or,
+    /// for an entry kept inline, an [`EnteredFrame`] of that one entry built at `slot`, which
+    /// must not move while the pointer is in use. Code inside that puts the empty frame in place of the empty frame is
+    /// not seen as a change, and need not be: the resource's frame stays the empty frame.
     #[inline(always)]
-    pub(super) fn lent(&self) -> *const FrameHeader {
-        self.0
+    pub(super) fn install(&self, slot: *mut EnteredFrame) -> *const FrameHeader {
+        match &self.0 {
+            Captured::Shared(raw) => *raw,
+            // SAFETY: `slot` is valid for writes and stays in place (per the caller); `self`
+            // holds `value` for as long as it is entered.
+            Captured::Single { key, value } => unsafe { EnteredFrame::init(slot, *key, value) },
+        }
     }
 
-    /// The frame's entries.
-    pub(super) fn view(&self) -> FrameView<'_> {
-        // SAFETY: this frame's reference keeps it alive while `self` is borrowed.
-        unsafe { CurrentFrame::view(self.lent()) }
+    /// Calls `f` with the frame's entries.
+    pub(super) fn with_view<R>(&self, f: impl FnOnce(FrameView<'_>) -> R) -> R {
+        let mut slot = MaybeUninit::<EnteredFrame>::uninit();
+        let raw = self.install(slot.as_mut_ptr());
+        // SAFETY: `self` keeps a heap frame alive while it is borrowed; a frame at `slot`
+        // lives until the end of this function, and never goes in a cell.
+        f(unsafe { CurrentFrame::view(raw) })
+    }
+
+    /// The heap frame's pointer, tagged (null: empty).
+    ///
+    /// # Panics
+    ///
+    /// If the frame is kept inline.
+    #[cfg(test)]
+    pub(super) fn lent(&self) -> *const FrameHeader {
+        match self.0 {
+            Captured::Shared(raw) => raw,
+            Captured::Single { .. } => panic!("a frame kept inline has no frame pointer"),
+        }
     }
 }
 
 impl Clone for CapturedFrame {
     #[inline]
     fn clone(&self) -> CapturedFrame {
-        let data = untagged(self.lent());
-        if !data.is_null() {
-            // SAFETY: this frame's own reference keeps the heap frame alive; the new one is the
-            // clone's.
-            unsafe { SharedFrame::retain(data) };
+        match &self.0 {
+            Captured::Shared(raw) => {
+                let data = untagged(*raw);
+                if !data.is_null() {
+                    // SAFETY: this frame's own reference keeps the heap frame alive; the new one
+                    // is the clone's.
+                    unsafe { SharedFrame::retain(data) };
+                }
+                CapturedFrame(Captured::Shared(*raw))
+            }
+            Captured::Single { key, value } => CapturedFrame(Captured::Single {
+                key: *key,
+                value: ManuallyDrop::new(Value::clone(value)),
+            }),
         }
-        CapturedFrame(self.0)
     }
 }
 
 impl Default for CapturedFrame {
     /// The empty frame.
     fn default() -> CapturedFrame {
-        CapturedFrame(ptr::null())
+        CapturedFrame(Captured::Shared(ptr::null()))
     }
 }
 
 impl fmt::Debug for CapturedFrame {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_list()
-            .entries(self.view().entries().iter().map(|e| e.key))
-            .finish()
+        self.with_view(|view| {
+            f.debug_list()
+                .entries(view.entries().iter().map(|e| e.key))
+                .finish()
+        })
     }
 }
 
 impl Drop for CapturedFrame {
     #[inline]
     fn drop(&mut self) {
-        // SAFETY: the reference `new` took over, released once, here.
-        drop(unsafe { SharedFrame::from_raw(untagged(self.lent())) });
+        match &mut self.0 {
+            // SAFETY: the reference `new` took over, released once, here.
+            Captured::Shared(raw) => drop(unsafe { SharedFrame::from_raw(untagged(*raw)) }),
+            // SAFETY: dropped once, here; never used again.
+            Captured::Single { value, .. } => unsafe { ManuallyDrop::drop(value) },
+        }
     }
 }
 
@@ -206,7 +261,8 @@ impl CurrentFrame {
 
     /// Runs `f` in an execution whose frame is `frame` (a future's poll or drop): the cell
     /// points at it without owning it (tagged [`UNOWNED`]: its owner is borrowed for the whole
-    /// call). `around` runs right after the switch and right before the switch back (also
+    /// call), or, for an entry kept inline, at an [`EnteredFrame`] of that entry built on this
+    /// call's stack. `around` runs right after the switch and right before the switch back (also
     /// while unwinding): the rest of the execution's switch. If the code inside replaced the
     /// frame (`enter_with`, `disable`, a guard kept across polls), the replacement becomes the
     /// execution's own frame, as in Node an `enterWith` lasts for the rest of its execution
@@ -241,7 +297,9 @@ impl CurrentFrame {
         around: A,
         f: impl FnOnce() -> R,
     ) -> R {
-        let installed = frame.captured().lent();
+        // Where a frame kept inline is entered: it must not move while the cell points at it.
+        let mut slot = MaybeUninit::<EnteredFrame>::uninit();
+        let installed = frame.captured().install(slot.as_mut_ptr());
         let previous = self.raw.replace(installed);
         let mut entered = Entered {
             cell: self,
@@ -299,24 +357,37 @@ impl CurrentFrame {
     }
 
     /// A new reference to the current frame (O(1): one refcount increment, none when empty),
-    /// as a [`CapturedFrame`], for a resource or a snapshot to keep. A stack frame is promoted
-    /// to the heap once per `run`, and the copy left in the cell.
+    /// as a [`CapturedFrame`], for a resource or a snapshot to keep. A stack frame of one entry
+    /// with a store is kept inline (a reference to the store); another is promoted to the heap
+    /// once per `run`, and the copy left in the cell.
     #[inline(always)]
     pub(crate) fn capture(&self) -> CapturedFrame {
         let raw = self.raw.get();
         // The empty frame first: one test on the path of every capture outside all storage.
         if raw.is_null() {
-            return CapturedFrame(raw);
+            return CapturedFrame(Captured::Shared(raw));
         }
         let data = untagged(raw);
         // SAFETY: the pointer is in the cell, so its owner is alive.
         if unsafe { points_at_stack(raw) } {
+            // SAFETY: as above; a stack frame's (or spill block's) header and entries are
+            // written, and an entry's value holds a store that outlives the scope.
+            if let [entry] = unsafe { entries_of(data) }
+                && let Some(value) = &entry.value
+            {
+                // `Value::clone` counts the share, so the `run`'s end does not recycle the
+                // store.
+                return CapturedFrame(Captured::Single {
+                    key: entry.key,
+                    value: ManuallyDrop::new(value.clone()),
+                });
+            }
             return CapturedFrame::new(self.promote_in_place(raw));
         }
         // SAFETY: `data` is a heap frame (not a stack frame, not null) in the cell, so its owner
         // holds a reference for the duration of this call; the new reference is the result's.
         unsafe { SharedFrame::retain(data) };
-        CapturedFrame(data.map_addr(|addr| addr | UNOWNED))
+        CapturedFrame(Captured::Shared(data.map_addr(|addr| addr | UNOWNED)))
     }
 
     /// A capture of a stack frame: promotes it and leaves the heap copy in the cell

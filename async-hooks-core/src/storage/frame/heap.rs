@@ -46,16 +46,22 @@ pub(super) struct FrameHeader {
     pub(super) len: u32,
     /// The byte offset, from the header, just past the last entry: what a [`PositionHint`] (a
     /// byte offset too) is checked against, so that a hinted read scales no index. A stack
-    /// frame's (or spill block's) is [`UNCOUNTED_END`] less, which is what marks it: the offsets
-    /// are even, so the hinted read's `offset < end` holds for the same offsets either way.
+    /// frame's (or spill block's) is [`UNCOUNTED_END`] less, which is what marks it, and an
+    /// [`EnteredFrame`]'s [`UNCACHED_END`] less again: the offsets are multiples of 4, so the
+    /// hinted read's `offset < end` holds for the same offsets either way.
     pub(super) end: u32,
 }
 
 /// What a stack frame's `end` is less than its entries' end (see [`FrameHeader::end`]).
 pub(super) const UNCOUNTED_END: u32 = 1;
 
-// Entry offsets and ends are even, so that `UNCOUNTED_END` changes no hinted read.
-const _: () = assert!(FrameHeader::entry_offset(0) % 2 == 0 && size_of::<Entry>() % 2 == 0);
+/// What an [`EnteredFrame`]'s `end` is less than a [`StackFrame`]'s: the bit that tells a
+/// promotion there is no `promoted` to keep a heap copy in.
+pub(super) const UNCACHED_END: u32 = 2;
+
+// Entry offsets and ends are multiples of 4, so that `UNCOUNTED_END` and `UNCACHED_END` change
+// no hinted read and each is a bit of its own in a stack frame's `end`.
+const _: () = assert!(FrameHeader::entry_offset(0) % 4 == 0 && size_of::<Entry>() % 4 == 0);
 // `FrameHeader::write_stack` writes both in one store.
 const _: () =
     assert!(std::mem::offset_of!(FrameHeader, end) == std::mem::offset_of!(FrameHeader, len) + 4);
@@ -87,10 +93,11 @@ impl FrameHeader {
     }
 
     /// Writes the header of a stack frame or spill block of `len` entries ending at `end`
-    /// (from [`FrameHeader::entry_offset`] or [`FrameHeader::checked_end`]). Its count stays
-    /// uninitialised: nothing counts references to it, a store less on every `run`. The two
-    /// fields go in one 8-byte store, which two 4-byte ones are slower than although they take
-    /// fewer instructions (`run/4` in `benches/storage.rs`).
+    /// (from [`FrameHeader::entry_offset`] or [`FrameHeader::checked_end`]; [`UNCACHED_END`]
+    /// less for an [`EnteredFrame`]). Its count stays uninitialised: nothing counts references
+    /// to it, a store less on every `run`. The two fields go in one 8-byte store, which two
+    /// 4-byte ones are slower than although they take fewer instructions (`run/4` in
+    /// `benches/storage.rs`).
     ///
     /// # Safety
     ///

@@ -1,6 +1,7 @@
 //! Stack frames: the frame of a synchronous scope (`run`, `exit`, a `Scope` poll), built on
-//! the scope's own stack, or with its entries in a spill block when they are too many. Relies
-//! on invariants 1, 3 and 5 at the top of the `frame` module.
+//! the scope's own stack, or with its entries in a spill block when they are too many, and the
+//! one-entry frame an entered execution builds for a captured frame kept inline. Relies on
+//! invariants 1, 3 and 5 at the top of the `frame` module.
 
 use std::alloc::{Layout, alloc, dealloc, handle_alloc_error};
 use std::cell::Cell;
@@ -433,6 +434,55 @@ pub(super) struct StackFrame {
     pub(super) _pinned: PhantomPinned,
 }
 
+/// The frame an entered execution builds on its stack for a [`CapturedFrame`] kept inline: a
+/// header and its one entry, a bitwise copy of the captured store, which the execution holds
+/// while it is entered. Unlike a [`StackFrame`] it has nowhere to keep a heap copy (its header's
+/// `end` is [`UNCACHED_END`] less, which tells): a promotion makes a copy for its caller alone,
+/// so that leaving it releases nothing.
+#[repr(C)]
+pub(super) struct EnteredFrame {
+    /// First, so that a pointer to the frame is also one to its `FrameHeader`.
+    pub(super) header: FrameHeader,
+    pub(super) entry: MaybeUninit<Entry>,
+    pub(super) _pinned: PhantomPinned,
+}
+
+const _: () = assert!(std::mem::offset_of!(EnteredFrame, entry) == size_of::<FrameHeader>());
+
+impl EnteredFrame {
+    /// Builds, in place at `frame`, the frame of `key`'s entry with a bitwise copy of `value`,
+    /// and returns the pointer to put in the cell (tagged [`UNOWNED`]).
+    ///
+    /// `#[inline]`, not always: optimised, it inlines into the poll; unoptimised, its locals stay
+    /// out of the frame of every entered execution, which deep nesting multiplies.
+    ///
+    /// # Safety
+    ///
+    /// `frame` must be valid for writes and must not move while the result is in use; `value`
+    /// must outlive that use (the frame never releases its copy).
+    #[inline]
+    pub(super) unsafe fn init(
+        frame: *mut EnteredFrame,
+        key: u64,
+        value: &Value,
+    ) -> *const FrameHeader {
+        // SAFETY: per the caller. The entry borrows `value`'s reference; the header's count stays
+        // uninitialised, as a stack frame's does.
+        unsafe {
+            (&raw mut (*frame).entry).cast::<Entry>().write(Entry {
+                key,
+                value: Some(ptr::read(value)),
+            });
+            let end = FrameHeader::entry_offset(1) as u32 - UNCACHED_END;
+            FrameHeader::write_stack(&raw mut (*frame).header, 1, end);
+        }
+        frame
+            .cast_const()
+            .cast::<FrameHeader>()
+            .map_addr(|addr| addr | UNOWNED)
+    }
+}
+
 /// Where a [`StackFrame`] too large for its inline array keeps its entries: a heap block of
 /// the owner pointer (to the stack frame's `promoted`, for [`StackFrame::promote`]), then a
 /// header and the entries as in a frame. The stack frame marks its own header's length with
@@ -709,14 +759,22 @@ impl StackFrame {
         }
     }
 
-    /// A heap frame with the same entries, made on the first call and shared afterwards.
+    /// A heap frame with the same entries, made on the first call and shared afterwards (on
+    /// every call for an [`EnteredFrame`], which keeps no copy).
     ///
     /// # Safety
     ///
-    /// `data` must be a live, activated stack frame's pointer.
+    /// `data` must be a live, activated stack frame's (or entered frame's) pointer.
     #[cold]
     #[inline(never)]
     pub(super) unsafe fn promote(data: *const FrameHeader) -> SharedFrame {
+        // SAFETY: per the caller, `data` is a live frame whose header is written.
+        if unsafe { (*data).end } & UNCACHED_END == 0 {
+            // An entered execution's frame: a copy of the caller's own (rare: `enter_with`,
+            // `disable`), so that the execution's end has no copy to release.
+            // SAFETY: `data` is the live frame, with the provenance of all of it.
+            return SharedFrame::build(unsafe { entries_of(data) }, None, &[]);
+        }
         // SAFETY: per the caller, `data` is a live stack frame or spill block, derived from a
         // pointer to all of it; a stack frame has at most `STACK_ENTRIES` entries, a spill block
         // more, and its owner pointer (to its live stack frame's `promoted`) before the header.

@@ -332,8 +332,8 @@ fn poll_inside_a_stack_frame_leaves_it_in_place_and_keeps_changes_for_the_resour
     });
     assert!(cell.raw.get().is_null());
     assert_eq!(drops.load(Ordering::SeqCst), 1);
-    assert_eq!(read(resource.view(), 9), Some(90));
-    assert_eq!(read(resource.view(), 8), Some(80));
+    assert_eq!(resource.with_view(|frame| read(frame, 9)), Some(90));
+    assert_eq!(resource.with_view(|frame| read(frame, 8)), Some(80));
 }
 
 #[test]
@@ -383,7 +383,7 @@ fn entering_the_empty_frame_leaves_it_untagged_and_every_reader_sees_it_empty() 
         cell.set(taken.with(2, counted(&drops)));
     });
     assert!(cell.raw.get().is_null());
-    assert!(resource.view().lookup(2).is_some());
+    assert!(resource.with_view(|frame| frame.lookup(2).is_some()));
     assert_eq!(
         resource.lent().addr() & UNOWNED,
         UNOWNED,
@@ -578,6 +578,16 @@ fn position_hints_read_exactly_the_entries_of_heap_stack_and_spilled_frames() {
     });
     cell.set(SharedFrame::EMPTY);
     stacked(&cell, 1, fresh(1), || check_hinted_reads(&cell, &[1]));
+    // An entered frame kept inline is marked less again (`UNCACHED_END`), and reads the same;
+    // so does a stack frame over it.
+    let mut single = stacked(&cell, 7, fresh(7), || cell.capture());
+    assert!(matches!(single.0, Captured::Single { .. }));
+    cell.enter_scope(&single, (), || check_hinted_reads(&cell, &[7]));
+    cell.enter_keeping(&mut single, (), || {
+        stacked(&cell, 8, fresh(8), || check_hinted_reads(&cell, &[7, 8]));
+        check_hinted_reads(&cell, &[7]);
+    });
+    drop(single);
     cell.set(frame_of(1..=STACK_ENTRIES as u64));
     let keys: Vec<u64> = (1..=STACK_ENTRIES as u64 + 1).collect();
     stacked(&cell, STACK_ENTRIES as u64 + 1, fresh(0), || {
@@ -760,20 +770,261 @@ fn a_borrowed_entry_costs_its_owner_no_reference_and_captures_take_their_own() {
 fn resource_frames_clone_by_reference_and_are_entered_in_place() {
     let drops = Arc::new(AtomicUsize::new(0));
     let cell = CurrentFrame::new();
+    // Two entries, so that the capture is a heap frame (one is kept inline: see
+    // `a_capture_of_a_one_entry_run_keeps_the_entry_inline_and_builds_no_frame`).
+    cell.set(frame_of([2]));
+    let base = cell.raw.get();
     let captured = stacked(&cell, 1, fresh_counted(&drops), || cell.capture());
     let copy = captured.clone();
     assert_eq!(copy.lent(), captured.lent(), "the same frame");
     assert!(CapturedFrame::default().lent().is_null());
-    assert_eq!(format!("{copy:?}"), "[1]");
+    assert_eq!(format!("{copy:?}"), "[1, 2]");
     drop(captured);
     // Entered in place and left unchanged: no reference taken or released.
     cell.enter_scope(&copy, (), || {
         assert!(present(&cell, 1));
     });
-    assert!(cell.raw.get().is_null());
+    assert_eq!(cell.raw.get(), base);
     assert_eq!(drops.load(Ordering::SeqCst), 0);
     drop(copy);
     assert_eq!(drops.load(Ordering::SeqCst), 1);
+    cell.set(SharedFrame::EMPTY);
+}
+
+/// The store of a frame kept inline, if it is one.
+fn single(frame: &CapturedFrame) -> Option<(u64, NonNull<()>)> {
+    match &frame.0 {
+        Captured::Single { key, value } => Some((*key, value.data)),
+        Captured::Shared(_) => None,
+    }
+}
+
+#[test]
+fn a_capture_of_a_one_entry_run_keeps_the_entry_inline_and_builds_no_frame() {
+    let drops = Arc::new(AtomicUsize::new(0));
+    let cell = CurrentFrame::new();
+    let (captured, copy) = stacked(&cell, 1, fresh_counted(&drops), || {
+        let stack = cell.raw.get();
+        let shares = Recycled::shares();
+        let captured = cell.capture();
+        // Not promoted: the cell still points at the stack frame, which has no heap copy.
+        assert_eq!(cell.raw.get(), stack);
+        // SAFETY: the cell points at this scope's live stack frame.
+        assert!(unsafe { (*untagged(stack).cast::<StackFrame>()).promoted.get() }.is_null());
+        assert_eq!(
+            Recycled::shares(),
+            shares + 1,
+            "the capture's reference counts"
+        );
+        let (key, data) = single(&captured).expect("kept inline");
+        assert_eq!(key, 1);
+        assert_eq!(
+            Some(data),
+            cell.with_current(|frame| frame.entries()[0].value.as_ref().map(|v| v.data))
+        );
+        let copy = captured.clone();
+        assert_eq!(single(&copy), Some((key, data)), "a clone shares the store");
+        (captured, copy)
+    });
+    assert!(cell.raw.get().is_null());
+    assert_eq!(
+        drops.load(Ordering::SeqCst),
+        0,
+        "the captures hold the store"
+    );
+    assert_eq!(format!("{captured:?}"), "[1]");
+    assert_eq!(captured.with_view(|frame| frame.entries().len()), 1);
+    drop(captured);
+    assert_eq!(drops.load(Ordering::SeqCst), 0);
+    drop(copy);
+    assert_eq!(drops.load(Ordering::SeqCst), 1);
+
+    // An entry with no store (an `exit`) is promoted, as is a heap frame of one entry captured
+    // by reference.
+    let exited = stacked::<u64, _>(&cell, 1, None, || cell.capture());
+    assert!(single(&exited).is_none());
+    assert!(exited.with_view(|frame| frame.lookup(1).is_some_and(|e| e.value.is_none())));
+    cell.set(frame_of([3]));
+    let heap = cell.capture();
+    assert_eq!(
+        untagged(heap.lent()),
+        cell.raw.get(),
+        "the cell's frame, by reference"
+    );
+    cell.set(SharedFrame::EMPTY);
+    assert_eq!(heap.with_view(|frame| read(frame, 3)), Some(3));
+}
+
+#[test]
+fn an_inline_frame_is_entered_alone_and_captures_inside_stay_inline() {
+    let drops = Arc::new(AtomicUsize::new(0));
+    let cell = CurrentFrame::new();
+    let mut resource = stacked(&cell, 1, fresh_counted(&drops), || cell.capture());
+    let (_, data) = single(&resource).expect("kept inline");
+    // Entered over another frame, which it replaces rather than layers on.
+    cell.set(frame_of([5]));
+    let before = cell.raw.get();
+    let inner = cell.enter_keeping(&mut resource, (), || {
+        assert!(is_stack_in(&cell));
+        assert!(present(&cell, 1) && !present(&cell, 5));
+        assert_eq!(keys_in(&cell), [1]);
+        // A capture inside is kept inline too, sharing the store.
+        let inner = cell.capture();
+        assert_eq!(single(&inner), Some((1, data)));
+        // A promotion of it (what `take` makes) is a copy for its caller alone: the stack frame
+        // caches none, so leaving it releases nothing.
+        let raw = cell.raw.get();
+        // SAFETY: the cell's pointer, whose owner (this call) is alive.
+        let copies = unsafe { (CurrentFrame::cloned(raw), CurrentFrame::cloned(raw)) };
+        assert!(!copies.0.ptr_eq(&copies.1));
+        assert!(copies.0.lookup(1).is_some() && copies.1.lookup(1).is_some());
+        // SAFETY: as above.
+        assert_eq!(unsafe { (*untagged(raw)).end } & UNCACHED_END, 0);
+        drop(copies);
+        // A `run` of another storage inside stacks on it; a capture there is a heap frame.
+        let both = stacked(&cell, 2, fresh(20), || {
+            assert_eq!(keys_in(&cell), [1, 2]);
+            cell.capture()
+        });
+        assert!(single(&both).is_none());
+        assert_eq!(
+            both.with_view(|frame| (read(frame, 2), frame.entries().len())),
+            (Some(20), 2)
+        );
+        assert_eq!(keys_in(&cell), [1]);
+        inner
+    });
+    assert_eq!(cell.raw.get(), before);
+    assert_eq!(single(&resource), Some((1, data)), "left unchanged");
+    // The capture made inside enters the same way, also from a scope (a snapshot's run).
+    cell.enter_scope(&inner, (), || {
+        assert!(present(&cell, 1) && !present(&cell, 5))
+    });
+    assert_eq!(cell.raw.get(), before);
+    drop(resource);
+    assert_eq!(drops.load(Ordering::SeqCst), 0);
+    drop(inner);
+    assert_eq!(drops.load(Ordering::SeqCst), 1);
+    cell.set(SharedFrame::EMPTY);
+}
+
+#[test]
+fn changes_inside_an_inline_frame_last_for_a_poll_and_end_with_a_scope() {
+    let drops = Arc::new(AtomicUsize::new(0));
+    let cell = CurrentFrame::new();
+    let mut resource = stacked(&cell, 1, fresh_counted(&drops), || cell.capture());
+    let scoped = resource.clone();
+    // An `enter_with` inside a poll (take, which promotes the entered frame, then set)
+    // becomes the future's frame for its next poll.
+    cell.enter_keeping(&mut resource, (), || {
+        let taken = cell.take();
+        cell.set(taken.with(8, value(80)));
+    });
+    assert!(cell.raw.get().is_null());
+    assert!(single(&resource).is_none(), "a heap frame now");
+    cell.enter_keeping(&mut resource, (), || {
+        assert_eq!([1, 8].map(|key| present(&cell, key)), [true, true]);
+        assert_eq!(current(&cell, 8), Some(80));
+    });
+    // In a scope (`run_in_async_scope`, a snapshot's run) the change ends with it.
+    for _ in 0..2 {
+        cell.enter_scope(&scoped, (), || {
+            assert!(!present(&cell, 8));
+            let taken = cell.take();
+            cell.set(taken.with(8, value(81)));
+            assert!(present(&cell, 8) && present(&cell, 1));
+        });
+        assert!(cell.raw.get().is_null());
+        assert!(single(&scoped).is_some(), "still inline");
+    }
+    // `disable` inside (the entry removed under a retired key) empties the future's frame.
+    let mut disabled = scoped.clone();
+    cell.enter_keeping(&mut disabled, (), || {
+        let taken = cell.take();
+        cell.set(taken.without(1));
+        assert!(!present(&cell, 1));
+    });
+    assert!(disabled.lent().is_null());
+    // Every heap copy of the entered frames went with its taker: the store goes with the
+    // last capture.
+    drop((resource, disabled));
+    assert_eq!(drops.load(Ordering::SeqCst), 0);
+    drop(scoped);
+    assert_eq!(drops.load(Ordering::SeqCst), 1);
+}
+
+#[test]
+fn a_panic_inside_an_inline_frame_restores_the_cell() {
+    let drops = Arc::new(AtomicUsize::new(0));
+    let cell = CurrentFrame::new();
+    let mut resource = stacked(&cell, 1, fresh_counted(&drops), || cell.capture());
+    cell.set(frame_of([5]));
+    let before = cell.raw.get();
+    let caught = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        cell.enter_keeping(&mut resource, (), || {
+            let _inner = cell.capture();
+            panic!("inside a poll");
+        })
+    }));
+    assert!(caught.is_err());
+    assert_eq!(cell.raw.get(), before);
+    assert!(single(&resource).is_some());
+    // Changed, then a panic: a poll keeps the change, a scope drops it.
+    let scoped = resource.clone();
+    let caught = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        cell.enter_keeping(&mut resource, (), || {
+            let taken = cell.take();
+            cell.set(taken.with(8, value(80)));
+            panic!("inside a poll, changed");
+        })
+    }));
+    assert!(caught.is_err());
+    assert_eq!(cell.raw.get(), before);
+    assert_eq!(resource.with_view(|frame| read(frame, 8)), Some(80));
+    let caught = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        cell.enter_scope(&scoped, (), || {
+            let taken = cell.take();
+            cell.set(taken.with(8, counted(&drops)));
+            panic!("inside a scope, changed");
+        })
+    }));
+    assert!(caught.is_err());
+    assert_eq!(cell.raw.get(), before);
+    assert_eq!(
+        drops.load(Ordering::SeqCst),
+        1,
+        "the scope's change is dropped"
+    );
+    assert!(single(&scoped).is_some());
+    drop((resource, scoped));
+    assert_eq!(drops.load(Ordering::SeqCst), 2);
+    cell.set(SharedFrame::EMPTY);
+}
+
+/// A `run` whose store a capture kept inline does not recycle it; one with no capture does.
+#[test]
+fn a_run_never_recycles_a_store_kept_inline() {
+    on_new_thread(|| {
+        let cell = CurrentFrame::new();
+        let drops = Arc::new(AtomicUsize::new(0));
+        let store = || Some(FreshValue::recycled(Counted(drops.clone()), 2));
+        stacked(&cell, 2, store(), || assert!(present(&cell, 2)));
+        assert_eq!(drops.load(Ordering::SeqCst), 1);
+        let recycled = cached(2).expect("recycled");
+        let mut captured = stacked(&cell, 2, store(), || cell.capture());
+        assert_eq!(drops.load(Ordering::SeqCst), 1, "held by the capture");
+        assert_eq!(cached(2), None, "its allocation is not reused");
+        assert_eq!(single(&captured).map(|(_, data)| data), Some(recycled));
+        // A `run` of the same storage inside it has a fresh store, and recycles it.
+        cell.enter_keeping(&mut captured, (), || {
+            stacked(&cell, 2, store(), || assert!(present(&cell, 2)));
+            assert!(present(&cell, 2));
+        });
+        assert_eq!(drops.load(Ordering::SeqCst), 2);
+        assert!(cached(2).is_some());
+        drop(captured);
+        assert_eq!(drops.load(Ordering::SeqCst), 3);
+    });
 }
 
 #[test]

@@ -494,6 +494,7 @@ impl Clone for Value {
 }
 
 impl Drop for Value {
+    #[inline]
     fn drop(&mut self) {
         // SAFETY: as in `clone`; this value's reference is released once, here.
         unsafe { (self.ops.release)(self.data) }
