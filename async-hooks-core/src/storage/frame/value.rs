@@ -482,6 +482,7 @@ impl Value {
 }
 
 impl Clone for Value {
+    #[inline]
     fn clone(&self) -> Value {
         Recycled::count_share();
         // SAFETY: `data` holds a strong reference of the type `ops` was made for.
