@@ -4,8 +4,9 @@
 //!
 //! A request reads its id four times (as a logger would), awaits `yield_now()` twice and awaits
 //! a nested async fn that reads it once more. A sample spawns N requests from a task, awaits
-//! them all, and repeats until about `E2E_TASKS` tasks have run. Rounds alternate the variants
-//! (the order rotates each round); the table gives the median tasks/s and the median of each
+//! them all, and repeats until about `E2E_TASKS` tasks have run. Each sample runs in a fresh
+//! process of this bench (after a warm-up sample there), so that no variant inherits the heap
+//! another left. Rounds alternate the variants (the order rotates each round); the table gives the median tasks/s and the median of each
 //! round's ratio to `task_local`, by wall-clock time and by the CPU time the process used (which
 //! leaves out waits for a core on a loaded machine). An untimed pass then counts allocations per
 //! task (all threads of the runtime) and the bytes held per spawned, still pending task. The
@@ -15,7 +16,9 @@
 //! `cargo bench --bench e2e` runs it all. Environment: `E2E_ROUNDS` (default 7), `E2E_N`
 //! (default `2000,100000`), `E2E_RUNTIMES` (default `current,multi`), `E2E_TASKS` (default
 //! 200000), `E2E_NODE=0` to leave Node out, `E2E_ALLOCS=0` the allocation pass, `E2E_VARIANTS`
-//! (names, comma-separated; for profiling one). A quick run:
+//! (names, comma-separated; for profiling one), `E2E_ISOLATE=0` to take every sample in this
+//! process (one heap for all; what `perf record` of one variant wants). The variants
+//! `task_local_arc` and `resources_only` are references that split the costs apart. A quick run:
 //! `E2E_ROUNDS=1 E2E_N=2000 E2E_TASKS=20000 cargo bench --bench e2e`.
 
 #[path = "../tests/support/counting_alloc.rs"]
@@ -333,6 +336,52 @@ fn sample(rt: &Runtime, variant: Variant, n: u64, reps: u64) -> (Duration, Optio
     })
 }
 
+/// [`sample`] in a fresh process of this bench, after a warm-up sample there: each variant
+/// starts from the same heap, not from the one the variants sampled before it left (at N =
+/// 100 000 that moved a variant's figure by a third).
+fn isolated_sample(flavor: Flavor, variant: Variant, n: u64, reps: u64) -> (Duration, Option<u64>) {
+    let spec = format!("{},{},{n},{reps}", flavor.short_name(), variant.name());
+    let output = Command::new(std::env::current_exe().expect("the bench's own path"))
+        .env("E2E_CHILD", &spec)
+        .output()
+        .expect("start a sample process");
+    assert!(
+        output.status.success(),
+        "sample {spec} failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let text = String::from_utf8(output.stdout).expect("a sample prints text");
+    let mut fields = text.split_whitespace();
+    let wall = fields
+        .next()
+        .and_then(|w| w.parse().ok())
+        .expect("wall-clock ns");
+    let cpu = fields.next().and_then(|c| c.parse().ok());
+    (Duration::from_nanos(wall), cpu)
+}
+
+/// The child side of [`isolated_sample`]: `spec` is `runtime,variant,n,reps`; prints the
+/// wall-clock and CPU ns of the second of two samples.
+fn child_sample(spec: &str) {
+    let parts: Vec<&str> = spec.split(',').collect();
+    let [flavor, variant, n, reps] = parts[..] else {
+        panic!("E2E_CHILD: expected runtime,variant,n,reps, got {spec}");
+    };
+    let flavor = Flavor::parse(flavor);
+    let variant = *VARIANTS
+        .iter()
+        .find(|v| v.name() == variant)
+        .unwrap_or_else(|| panic!("E2E_CHILD: unknown variant {variant}"));
+    let (n, reps) = (n.parse().expect("n"), reps.parse().expect("reps"));
+    let rt = flavor.builder().build().expect("tokio runtime");
+    sample(&rt, variant, n, reps);
+    let (wall, cpu) = sample(&rt, variant, n, reps);
+    match cpu {
+        Some(cpu) => println!("{} {cpu}", wall.as_nanos()),
+        None => println!("{} -", wall.as_nanos()),
+    }
+}
+
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Flavor {
     Current,
@@ -340,6 +389,21 @@ enum Flavor {
 }
 
 impl Flavor {
+    fn parse(name: &str) -> Flavor {
+        match name.trim() {
+            "current" => Flavor::Current,
+            "multi" => Flavor::Multi,
+            other => panic!("E2E_RUNTIMES: unknown runtime {other}"),
+        }
+    }
+
+    fn short_name(self) -> &'static str {
+        match self {
+            Flavor::Current => "current",
+            Flavor::Multi => "multi",
+        }
+    }
+
     fn name(self) -> &'static str {
         match self {
             Flavor::Current => "current_thread",
@@ -471,6 +535,9 @@ fn median(values: &mut [f64]) -> f64 {
 
 fn main() {
     // `cargo bench` passes `--bench`; a filter or `--list` from other tooling is ignored.
+    if let Ok(spec) = std::env::var("E2E_CHILD") {
+        return child_sample(&spec);
+    }
     let rounds = env_u64("E2E_ROUNDS", 7).max(1) as usize;
     let tasks = env_u64("E2E_TASKS", 200_000);
     let ns: Vec<u64> = std::env::var("E2E_N")
@@ -479,14 +546,8 @@ fn main() {
         .map(|n| n.trim().parse().expect("E2E_N"))
         .collect();
     let runtimes = std::env::var("E2E_RUNTIMES").unwrap_or_else(|_| "current,multi".into());
-    let flavors: Vec<Flavor> = runtimes
-        .split(',')
-        .map(|r| match r.trim() {
-            "current" => Flavor::Current,
-            "multi" => Flavor::Multi,
-            other => panic!("E2E_RUNTIMES: unknown runtime {other}"),
-        })
-        .collect();
+    let flavors: Vec<Flavor> = runtimes.split(',').map(Flavor::parse).collect();
+    let isolate = std::env::var("E2E_ISOLATE").map_or(true, |v| v != "0");
     let with_node = std::env::var("E2E_NODE").map_or(true, |v| v != "0");
     let with_allocs = std::env::var("E2E_ALLOCS").map_or(true, |v| v != "0");
     let chosen: Vec<Variant> = match std::env::var("E2E_VARIANTS") {
@@ -508,22 +569,32 @@ fn main() {
         println!("  {:<16} {spawned:>4} B  {inner:>4} B", variant.name());
     }
 
-    let runtimes: Vec<(Flavor, Runtime)> = flavors
+    // In-process samples share these runtimes; isolated ones make their own.
+    let runtimes: Vec<(Flavor, Option<Runtime>)> = flavors
         .iter()
-        .map(|&f| (f, f.builder().build().expect("tokio runtime")))
+        .map(|&f| {
+            (
+                f,
+                (!isolate).then(|| f.builder().build().expect("tokio runtime")),
+            )
+        })
         .collect();
     // samples[runtime][n][variant][round]: tasks per second of wall-clock and of CPU time;
     // node[n] = (plain, als) per round.
     let mut samples = vec![vec![vec![Vec::new(); chosen.len()]; ns.len()]; runtimes.len()];
     let mut node: Vec<Vec<(f64, f64)>> = vec![Vec::new(); ns.len()];
-    // Round 0 warms up (caches, the runtimes' queues, the allocator) and is not kept.
-    for round in 0..=rounds {
-        for (r, (_, rt)) in runtimes.iter().enumerate() {
+    // Round 0 warms up (caches, the runtimes' queues, the allocator) and is not kept; an
+    // isolated sample warms up in its own process.
+    for round in usize::from(isolate)..=rounds {
+        for (r, (flavor, rt)) in runtimes.iter().enumerate() {
             for (i, &n) in ns.iter().enumerate() {
                 let reps = (tasks / n).max(1);
                 for k in 0..chosen.len() {
                     let v = (k + round) % chosen.len();
-                    let (wall, cpu) = sample(rt, chosen[v], n, reps);
+                    let (wall, cpu) = match rt {
+                        Some(rt) => sample(rt, chosen[v], n, reps),
+                        None => isolated_sample(*flavor, chosen[v], n, reps),
+                    };
                     let per_second = |seconds: f64| (n * reps) as f64 / seconds;
                     if round > 0 {
                         samples[r][i][v].push((
