@@ -183,6 +183,13 @@ const VARIANTS: [Variant; 8] = [
 ];
 
 impl Variant {
+    fn parse(name: &str) -> Variant {
+        *VARIANTS
+            .iter()
+            .find(|v| v.name() == name.trim())
+            .unwrap_or_else(|| panic!("E2E_VARIANTS: unknown variant {name}"))
+    }
+
     fn name(self) -> &'static str {
         match self {
             Variant::Plain => "plain",
@@ -368,10 +375,7 @@ fn child_sample(spec: &str) {
         panic!("E2E_CHILD: expected runtime,variant,n,reps, got {spec}");
     };
     let flavor = Flavor::parse(flavor);
-    let variant = *VARIANTS
-        .iter()
-        .find(|v| v.name() == variant)
-        .unwrap_or_else(|| panic!("E2E_CHILD: unknown variant {variant}"));
+    let variant = Variant::parse(variant);
     let (n, reps) = (n.parse().expect("n"), reps.parse().expect("reps"));
     let rt = flavor.builder().build().expect("tokio runtime");
     sample(&rt, variant, n, reps);
@@ -551,15 +555,7 @@ fn main() {
     let with_node = std::env::var("E2E_NODE").map_or(true, |v| v != "0");
     let with_allocs = std::env::var("E2E_ALLOCS").map_or(true, |v| v != "0");
     let chosen: Vec<Variant> = match std::env::var("E2E_VARIANTS") {
-        Ok(names) => names
-            .split(',')
-            .map(|name| {
-                *VARIANTS
-                    .iter()
-                    .find(|v| v.name() == name.trim())
-                    .unwrap_or_else(|| panic!("E2E_VARIANTS: unknown variant {name}"))
-            })
-            .collect(),
+        Ok(names) => names.split(',').map(Variant::parse).collect(),
         Err(_) => VARIANTS.to_vec(),
     };
 
