@@ -139,6 +139,16 @@ fn shape_lifecycle_arc_captured(rounds: u64) {
     })
 }
 
+/// A request's shape: a fresh one-storage `run` each time, one future made and run inside it.
+#[inline(never)]
+fn shape_lifecycle_in_fresh_run(rounds: u64) {
+    for i in 0..rounds {
+        STORE.run(black_box(i), || {
+            black_box(poll_to_ready(annotated(black_box(i))))
+        });
+    }
+}
+
 #[inline(never)]
 fn shape_lifecycle_tokio_scope_arc(rounds: u64) {
     let value = Arc::new(String::from("request"));
@@ -431,6 +441,7 @@ fn main() {
         shape_lifecycle,
         shape_lifecycle_tokio_scope_arc,
         shape_lifecycle_arc_captured,
+        shape_lifecycle_in_fresh_run,
         shape_lifecycle_counting_hook,
         shape_lifecycle_storage_scope,
         shape_repoll_storage_scope,

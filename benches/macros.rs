@@ -88,6 +88,12 @@ fn lifecycle(c: &mut Criterion) {
             |b| b.iter(|| poll_to_ready(annotated(1))),
         );
     });
+    // A request's shape: a fresh context each time, one resource made inside it. The two rows
+    // above make every resource inside one long `run`, so whatever a context costs once is
+    // spread over all of them.
+    group.bench_function("run + #[async_resource] inside it, no hook", |b| {
+        b.iter(|| STORE.run(black_box(7), || poll_to_ready(annotated(1))))
+    });
     group.bench_function("tracing #[instrument], no subscriber", |b| {
         b.iter(|| poll_to_ready(instrumented(1)))
     });
